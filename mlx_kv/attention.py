@@ -1,0 +1,124 @@
+"""Attention that also tells the heap where it went.
+
+mlx-lm's model modules import `scaled_dot_product_attention` by name, so the
+hook replaces that name in the model's own module with a dispatcher: heap
+caches get `cache.attend(...)`, every other cache the original function.
+
+`grouped_attention` computes attention explicitly, in blocks of queries so
+prefill never materialises chunk x context weights, and returns the weights
+summed per key for the policies. It works per KV head: the query heads of a
+GQA group are folded together, keys and values are never repeated.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import mlx.core as mx
+
+_ORIGINALS: dict[str, Any] = {}
+
+
+def _dispatch_for(original):
+    def scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks=None):
+        attend = getattr(cache, "attend", None)
+        if attend is not None and sinks is None:
+            return attend(queries, keys, values, scale=scale, mask=mask)
+        return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+
+    scaled_dot_product_attention.__mlx_kv_original__ = original
+    return scaled_dot_product_attention
+
+
+def model_module(model: Any) -> ModuleType:
+    return sys.modules[type(model).__module__]
+
+
+def install(model: Any) -> None:
+    """Route the model module's attention through heap caches (idempotent)."""
+    module = model_module(model)
+    current = getattr(module, "scaled_dot_product_attention", None)
+    if current is None:
+        arch = getattr(getattr(model, "args", None), "model_type", module.__name__)
+        raise ValueError(
+            f"architecture {arch!r} computes attention inline; the heap cannot observe it"
+        )
+    if hasattr(current, "__mlx_kv_original__"):
+        return
+    _ORIGINALS[module.__name__] = current
+    module.scaled_dot_product_attention = _dispatch_for(current)
+
+
+def uninstall(model: Any = None) -> None:
+    """Restore the original attention in one model's module, or in all of them."""
+    names = [model_module(model).__name__] if model is not None else list(_ORIGINALS)
+    for name in names:
+        original = _ORIGINALS.pop(name, None)
+        if original is not None and name in sys.modules:
+            sys.modules[name].scaled_dot_product_attention = original
+
+
+def is_installed(model: Any) -> bool:
+    current = getattr(model_module(model), "scaled_dot_product_attention", None)
+    return hasattr(current, "__mlx_kv_original__")
+
+
+def grouped_attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    scale: float,
+    *,
+    first_query_slot: int | None,
+    dead_bias: mx.array | None = None,
+    score_rows: tuple[int, int] = (0, 0),
+    block: int = 256,
+) -> tuple[mx.array, mx.array | None, mx.array | None]:
+    """Softmax attention of queries (1, Hq, S, D) over keys (1, H, L, D).
+
+    first_query_slot: the slot of the first query when the S queries occupy
+        consecutive slots and must be causal among themselves; None when every
+        query sees every live key (a single decode token).
+    dead_bias: (H, L) additive bias, -inf on evicted slots.
+    score_rows: the half-open range of query rows whose weights are summed.
+
+    Returns the output (1, Hq, S, Dv), the weights summed over the group's
+    query heads and the score rows (H, L), and how many (head, query) pairs
+    could see each key (H, L). The last two are None for an empty range.
+    """
+    B, n_q, S, D = queries.shape
+    H, L = keys.shape[1], keys.shape[2]
+    G = n_q // H
+    q = (queries * scale).reshape(B, H, G, S, D)
+    k_t = keys.swapaxes(-1, -2)[:, :, None]
+    v = values[:, :, None]
+    bias = None if dead_bias is None else dead_bias[None, :, None, None, :]
+    cols = mx.arange(L)
+    a, b = score_rows
+    outs, weight_sum = [], None
+    for r0 in range(0, S, block):
+        r1 = min(S, r0 + block)
+        s = (q[..., r0:r1, :] @ k_t).astype(mx.float32)
+        if first_query_slot is not None and S > 1:
+            slots = first_query_slot + mx.arange(r0, r1)
+            s = mx.where(cols[None, :] <= slots[:, None], s, -mx.inf)
+        if bias is not None:
+            s = s + bias
+        w = mx.softmax(s, axis=-1, precise=True)
+        outs.append(w.astype(v.dtype) @ v)
+        lo, hi = max(a, r0), min(b, r1)
+        if lo < hi:
+            part = w[..., lo - r0 : hi - r0, :].sum(axis=(2, 3))[0]
+            weight_sum = part if weight_sum is None else weight_sum + part
+    out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=3)
+    out = out.reshape(B, n_q, S, -1)
+    if weight_sum is None:
+        return out, None, None
+    if first_query_slot is None or S == 1:
+        count = mx.full((H, L), float(G * (b - a)))
+    else:
+        visible = mx.clip(first_query_slot + b - cols, 0, b - a).astype(mx.float32)
+        count = mx.broadcast_to(visible[None] * G, (H, L))
+    return out, weight_sum, count

@@ -1,0 +1,95 @@
+"""Bytes <-> tokens: turning a memory budget into tokens per layer.
+
+A token kept in one layer costs, per KV head: its key and value in the
+model's dtype, two float32 score accumulators, and host bookkeeping (an
+int64 position, an int32 survival count, a tenure flag). `HeapKVCache.nbytes`
+counts exactly these, so a byte budget converted here is what the heap then
+reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlx_kv.config import HeapConfig, parse_bytes
+
+SCORE_BYTES = 2 * 4
+HOST_BYTES = 8 + 4 + 1
+AUTO_FRACTION = 0.5
+AUTO_MARGIN = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    itemsize: int
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """What mlx-lm's KVCache spends per token, over all layers."""
+        return self.n_layers * 2 * self.n_kv_heads * self.head_dim * self.itemsize
+
+    @property
+    def heap_bytes_per_token_layer(self) -> int:
+        """What the heap spends per kept token in one layer."""
+        return self.n_kv_heads * (2 * self.head_dim * self.itemsize + SCORE_BYTES + HOST_BYTES)
+
+
+def kv_geometry(model: Any) -> KVGeometry:
+    args = model.args
+    n_heads = args.num_attention_heads
+    n_kv = getattr(args, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(args, "head_dim", None) or args.hidden_size // n_heads
+    dtype = next((v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)), mx.float32)
+    return KVGeometry(len(model.layers), n_kv, head_dim, dtype.size)
+
+
+def weights_bytes(model: Any) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def available_memory() -> int:
+    """Memory the heap may plan on: free memory now (psutil), capped on macOS
+    by MLX's recommended working set."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    recommended = info.get("max_recommended_working_set_size") if isinstance(info, dict) else None
+    if recommended:
+        available = min(available, int(recommended) - mx.get_active_memory())
+    return int(available)
+
+
+def auto_budget_bytes(available: int) -> int:
+    """auto = AUTO_FRACTION of the available memory minus AUTO_MARGIN.
+
+    The weights are already loaded when this runs, so `available` excludes
+    them; the fraction leaves room for activations, the OS and other apps.
+    """
+    return max(0, int(available * AUTO_FRACTION) - AUTO_MARGIN)
+
+
+def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = None) -> list[int]:
+    """Each layer's token budget (uniform across layers)."""
+    geometry = kv_geometry(model)
+    if isinstance(config.budget, int):
+        return [config.budget] * geometry.n_layers
+    if config.budget.strip().lower() == "auto":
+        total = auto_budget_bytes(available_memory() if available is None else available)
+    else:
+        total = parse_bytes(config.budget)
+    per_layer = total // geometry.n_layers // geometry.heap_bytes_per_token_layer
+    minimum = config.sinks + config.window + 1
+    if per_layer < minimum:
+        raise ValueError(
+            f"budget: {config.budget} buys {per_layer} tokens per layer, fewer than "
+            f"sinks + window + 1 = {minimum}"
+        )
+    return [int(per_layer)] * geometry.n_layers

@@ -1,0 +1,128 @@
+"""The heap's settings, validated once so every later layer can trust them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+POSITIONS = ("absolute", "cache")
+
+
+def parse_bytes(text: str, field_name: str = "budget") -> int:
+    """Read a size like "2GB", "512 MiB" or "1.5gb" into bytes."""
+    match = _SIZE_RE.match(text)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(
+            f"{field_name}: cannot read {text!r} as a size; use e.g. 2GB, 512MiB or 1000000"
+        )
+    value = float(match.group(1)) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise ValueError(f"{field_name}: size must be positive, got {text!r}")
+    return int(value)
+
+
+@dataclass
+class HeapConfig:
+    """How the generational heap sizes and collects each layer's cache.
+
+    budget: tokens kept per layer (per KV head) as an int, bytes for the whole
+        heap as a string ("2GB"), or "auto" (from the machine's free memory).
+    sinks: first tokens of the stream, never evicted.
+    window: the young generation: the most recent tokens, always kept.
+    tenured: capacity of the tenured tier in tokens per layer; None gives a
+        quarter of the space left after sinks and window.
+    promote_after: collections an intermediate token must survive before it
+        may be tenured.
+    major_every: every Nth collection also re-ranks the tenured tier (a major
+        collection); the others rank only the intermediate tier.
+    collect_batch: extra tokens freed per collection so that decoding collects
+        once per batch instead of every step; None picks budget/32 (1..64).
+    policy: name of the scoring policy; policy_args its parameters.
+    compact_threshold: evicted slots are masked and reused; the arrays are
+        reallocated contiguously once the dead fraction passes this.
+    rank_noise: std of Gaussian noise added to normalised scores before
+        ranking (privacy: blurs which tokens survive); 0 disables it.
+    """
+
+    budget: int | str = 2048
+    sinks: int = 4
+    window: int = 64
+    tenured: int | None = None
+    promote_after: int = 2
+    major_every: int = 8
+    collect_batch: int | None = None
+    policy: str = "h2o"
+    policy_args: dict[str, Any] = field(default_factory=dict)
+    compact_threshold: float = 0.5
+    positions: str = "absolute"
+    rank_noise: float = 0.0
+    score_block: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from mlx_kv.policies import POLICIES
+
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, str)):
+            raise ValueError(f"budget: expected tokens (int) or a size string, got {self.budget!r}")
+        if isinstance(self.budget, int):
+            if self.budget <= 0:
+                raise ValueError(f"budget: must be positive, got {self.budget}")
+            if self.budget < self.sinks + self.window + 1:
+                raise ValueError(
+                    f"budget: {self.budget} tokens per layer is smaller than "
+                    f"sinks + window + 1 = {self.sinks + self.window + 1}"
+                )
+        elif self.budget.strip().lower() != "auto":
+            parse_bytes(self.budget, "budget")
+        _non_negative_int("sinks", self.sinks)
+        _non_negative_int("window", self.window)
+        if self.tenured is not None:
+            _non_negative_int("tenured", self.tenured)
+        _positive_int("promote_after", self.promote_after)
+        _positive_int("major_every", self.major_every)
+        if self.collect_batch is not None:
+            _positive_int("collect_batch", self.collect_batch)
+        _positive_int("score_block", self.score_block)
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
+            raise ValueError(
+                f"policy: unknown policy {self.policy!r}; choose one of {', '.join(sorted(POLICIES))}"
+            )
+        if not isinstance(self.policy_args, dict):
+            raise ValueError("policy_args: expected a dict of the policy's parameters")
+        try:
+            POLICIES[self.policy](**self.policy_args)
+        except TypeError as exc:
+            raise ValueError(f"policy_args: {exc}") from None
+        if not (0.0 <= float(self.compact_threshold) <= 1.0):
+            raise ValueError(f"compact_threshold: must be in [0, 1], got {self.compact_threshold}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions: must be one of {POSITIONS}, got {self.positions!r}")
+        if not (float(self.rank_noise) >= 0.0):
+            raise ValueError(f"rank_noise: must be >= 0, got {self.rank_noise}")
+
+    def make_policy(self):
+        from mlx_kv.policies import POLICIES
+
+        return POLICIES[self.policy](**self.policy_args)
+
+
+def _non_negative_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: must be a positive integer, got {value!r}")

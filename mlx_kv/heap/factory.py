@@ -1,0 +1,50 @@
+"""Building a model's heap: one HeapKVCache per layer, hook installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx_lm.models.cache as mlx_cache
+
+from mlx_kv.attention import install
+from mlx_kv.budget import tokens_per_layer
+from mlx_kv.config import HeapConfig
+from mlx_kv.heap.layer import HeapKVCache
+
+
+def register_cache_class() -> None:
+    """mlx-lm's load_prompt_cache finds cache classes by name in its own module."""
+    if getattr(mlx_cache, HeapKVCache.__name__, None) is not HeapKVCache:
+        setattr(mlx_cache, HeapKVCache.__name__, HeapKVCache)
+
+
+def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: int | None = None) -> list[HeapKVCache]:
+    """One heap cache per layer, usable as `prompt_cache=` in mlx-lm's generators."""
+    config = config or HeapConfig()
+    config.validate()
+    install(model)
+    register_cache_class()
+    budgets = tokens_per_layer(config, model, available)
+    return [
+        HeapKVCache(
+            budget,
+            sinks=config.sinks,
+            window=config.window,
+            tenured=config.tenured,
+            promote_after=config.promote_after,
+            major_every=config.major_every,
+            collect_batch=config.collect_batch,
+            policy=config.make_policy(),
+            compact_threshold=config.compact_threshold,
+            rank_noise=config.rank_noise,
+            score_block=config.score_block,
+            seed=config.seed + layer,
+        )
+        for layer, budget in enumerate(budgets)
+    ]
+
+
+def load_heap_cache(path: str) -> list[Any]:
+    """load_prompt_cache for files holding heap caches."""
+    register_cache_class()
+    return mlx_cache.load_prompt_cache(path)

@@ -1,0 +1,406 @@
+"""One layer's slice of the generational heap, speaking mlx-lm's cache protocol.
+
+Storage is one (1, H, capacity, D) array for keys and one for values, like
+mlx-lm's KVCache, plus per-(kv_head, slot) bookkeeping: the token's original
+position (-1 once evicted), whether it is tenured, how many collections it
+survived, and the policy's attention accumulators. Evicting marks a slot dead;
+a decode token reuses a dead slot in place; the arrays are reallocated only
+when the dead fraction passes `compact_threshold` or a prefill chunk pushed
+the capacity past the budget. So steady-state decoding copies nothing.
+
+Collections happen at the end of `attend`, once the layer holds more than
+its budget; they free `collect_batch` extra slots so the next ones are
+`collect_batch` decode steps away (one host sync per batch, not per token).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.base import create_causal_mask
+
+from mlx_kv.attention import grouped_attention
+from mlx_kv.heap.collector import collect, protected_mask
+from mlx_kv.policies import POLICIES, Policy
+
+_STEP = 256
+
+
+class HeapKVCache:
+    """A budgeted, evicting KV cache for one layer (batch size 1)."""
+
+    def __init__(
+        self,
+        budget: int,
+        *,
+        sinks: int = 4,
+        window: int = 64,
+        tenured: int | None = None,
+        promote_after: int = 2,
+        major_every: int = 8,
+        collect_batch: int | None = None,
+        policy: Policy | None = None,
+        compact_threshold: float = 0.5,
+        rank_noise: float = 0.0,
+        score_block: int = 256,
+        seed: int = 0,
+    ) -> None:
+        if budget < sinks + window + 1:
+            raise ValueError(
+                f"budget: {budget} tokens is smaller than sinks + window + 1 = {sinks + window + 1}"
+            )
+        self.budget = int(budget)
+        self.sinks = int(sinks)
+        self.window = int(window)
+        room = self.budget - self.sinks - self.window
+        self.collect_batch = int(collect_batch or max(1, min(64, self.budget // 32)))
+        self.collect_batch = max(1, min(self.collect_batch, room))
+        self.tenured_cap = int(room // 4 if tenured is None else min(tenured, room))
+        self.promote_after = int(promote_after)
+        self.major_every = int(major_every)
+        self.policy = policy if policy is not None else POLICIES["h2o"]()
+        self.compact_threshold = float(compact_threshold)
+        self.rank_noise = float(rank_noise)
+        self.score_block = int(score_block)
+        self.seed = int(seed)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+        self.end = 0
+        self.positions = np.zeros((0, 0), dtype=np.int64)
+        self.tenured = np.zeros((0, 0), dtype=bool)
+        self.survived = np.zeros((0, 0), dtype=np.int32)
+        self.acc: mx.array | None = None
+        self.seen: mx.array | None = None
+        self.last_scores = np.zeros((0, 0))
+        self.evictions = 0
+        self.promotions = 0
+        self.demotions = 0
+        self.compactions = 0
+        self.collections = 0
+        self.ranked = 0
+        self._reused: np.ndarray | None = None
+        self._rng = np.random.default_rng(self.seed)
+
+    # ----------------------------------------------------------- cache protocol
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if keys.shape[0] != 1:
+            raise ValueError("the heap supports batch size 1 only")
+        n_new = keys.shape[2]
+        self._reused = None
+        if self.keys is None:
+            self._allocate(keys, values, n_new)
+        dead = self.positions[:, : self.end] < 0
+        if n_new == 1 and not dead[0].any() and self.live + 1 > self.budget:
+            # Full: collect on the scores gathered so far, before the token lands.
+            self._collect()
+            dead = self.positions[:, : self.end] < 0
+        if n_new == 1 and dead[0].any():
+            self._write_into_dead_slot(keys, values, dead)
+        else:
+            self._append(keys, values, n_new)
+        self.offset += n_new
+        return self.keys[..., : self.end, :], self.values[..., : self.end, :]
+
+    def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
+        """Attention over the live slots; feeds the policy; collects if over budget."""
+        n_new = queries.shape[2]
+        first = None if self._reused is not None else self.end - n_new
+        dead = self.positions[:, : self.end] < 0
+        dead_bias = mx.array(np.where(dead, -np.inf, 0.0).astype(np.float32)) if dead.any() else None
+        observes = self.policy.observes
+        if observes == "none":
+            out = self._fast_attention(queries, keys, values, scale, dead_bias, n_new)
+        else:
+            rows = {"all": (0, n_new), "last": (n_new - 1, n_new),
+                    "window": (max(0, n_new - self.policy.observation_window), n_new)}[observes]
+            out, weights, count = grouped_attention(
+                queries, keys, values, scale, first_query_slot=first,
+                dead_bias=dead_bias, score_rows=rows, block=self.score_block,
+            )
+            acc, seen = self.acc[:, : self.end], self.seen[:, : self.end]
+            acc, seen = self.policy.accumulate(acc, seen, weights, count)
+            self.acc[:, : self.end] = acc
+            self.seen[:, : self.end] = seen
+            mx.async_eval(self.acc, self.seen)
+        if self.live > self.budget:
+            self._collect()
+        return out
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        # `attend` builds its own masks; this serves code that bypasses the hook.
+        if N == 1:
+            return None
+        if return_array or window_size is not None:
+            return create_causal_mask(N, offset=self.end, window_size=window_size)
+        return "causal"
+
+    @property
+    def state(self):
+        if self.keys is None:
+            return []
+        end = self.end
+        return (
+            self.keys[..., :end, :], self.values[..., :end, :],
+            self.acc[:, :end], self.seen[:, :end],
+            mx.array(self.positions[:, :end].astype(np.int64)),
+            mx.array(self.tenured[:, :end].astype(np.uint8)),
+            mx.array(self.survived[:, :end]),
+            self._meta_json(),
+        )
+
+    @state.setter
+    def state(self, v) -> None:
+        keys, values, acc, seen, positions, tenured, survived, meta = v
+        settings = json.loads(meta)
+        policy_cls = POLICIES[settings.pop("policy")]
+        policy_args = settings.pop("policy_args")
+        counters = settings.pop("counters")
+        offset = settings.pop("offset")
+        self.__init__(policy=policy_cls(**policy_args), **settings)
+        self.keys, self.values, self.acc, self.seen = keys, values, acc, seen
+        self.positions = np.array(positions).astype(np.int64)
+        self.tenured = np.array(tenured).astype(bool)
+        self.survived = np.array(survived).astype(np.int32)
+        self.end = self.positions.shape[1]
+        self.offset = offset
+        for name, value in counters.items():
+            setattr(self, name, value)
+
+    @property
+    def meta_state(self):
+        return ""
+
+    @classmethod
+    def from_state(cls, state):
+        obj = cls.__new__(cls)
+        obj.state = state
+        return obj
+
+    def _meta_json(self) -> str:
+        from dataclasses import asdict
+
+        return json.dumps({
+            "budget": self.budget, "sinks": self.sinks, "window": self.window,
+            "tenured": self.tenured_cap, "promote_after": self.promote_after,
+            "major_every": self.major_every, "collect_batch": self.collect_batch,
+            "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
+            "score_block": self.score_block, "seed": self.seed,
+            "policy": self.policy.name, "policy_args": asdict(self.policy),
+            "offset": self.offset,
+            "counters": {k: getattr(self, k) for k in (
+                "evictions", "promotions", "demotions", "compactions", "collections", "ranked")},
+        })
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        """Forget the last n tokens (they are young, so still present)."""
+        n = min(self.offset, n)
+        if n <= 0 or self.keys is None:
+            return 0
+        self.offset -= n
+        gone = self.positions[:, : self.end] >= self.offset
+        self.positions[:, : self.end][gone] = -1
+        self.tenured[:, : self.end][gone] = False
+        while self.end > 0 and (self.positions[:, self.end - 1] < 0).all():
+            self.end -= 1
+        return n
+
+    def empty(self) -> bool:
+        return self.keys is None
+
+    def size(self) -> int:
+        return self.live
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layer holds: keys, values, score accumulators and the host bookkeeping."""
+        if self.keys is None:
+            return 0
+        device = self.keys.nbytes + self.values.nbytes + self.acc.nbytes + self.seen.nbytes
+        host = self.positions.nbytes + self.tenured.nbytes + self.survived.nbytes
+        return device + host
+
+    # -------------------------------------------------------------- diagnostics
+    @property
+    def live(self) -> int:
+        """Tokens kept per KV head (every head keeps the same count)."""
+        if self.keys is None:
+            return 0
+        return int((self.positions[0, : self.end] >= 0).sum())
+
+    def tier_counts(self) -> dict[str, int]:
+        """Tokens per tier, counted on KV head 0 (all heads hold the same counts)."""
+        pos = self.positions[:, : self.end]
+        alive = pos >= 0
+        sinks = alive & (pos < self.sinks)
+        young = alive & ~sinks & (pos >= self.offset - self.window)
+        old = alive & ~protected_mask(pos, self.offset, self.sinks, self.window)
+        tenured = old & self.tenured[:, : self.end]
+        return {
+            "sinks": int(sinks[0].sum()) if len(pos) else 0,
+            "young": int(young[0].sum()) if len(pos) else 0,
+            "intermediate": int((old & ~tenured)[0].sum()) if len(pos) else 0,
+            "tenured": int(tenured[0].sum()) if len(pos) else 0,
+        }
+
+    def kept_positions(self) -> list[np.ndarray]:
+        """Original positions kept by each KV head, in increasing order."""
+        pos = self.positions[:, : self.end]
+        return [np.sort(row[row >= 0]) for row in pos]
+
+    def token_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, scores) per (kv_head, live slot) as the policy sees them now."""
+        pos = self.positions[:, : self.end]
+        scores = self._host_scores()
+        return pos, np.where(pos >= 0, scores, np.nan)
+
+    # ---------------------------------------------------------------- internals
+    def _allocate(self, keys: mx.array, values: mx.array, n_new: int) -> None:
+        _, H, _, Dk = keys.shape
+        cap = self._capacity_for(n_new)
+        self.keys = mx.zeros((1, H, cap, Dk), keys.dtype)
+        self.values = mx.zeros((1, H, cap, values.shape[3]), values.dtype)
+        self.acc = mx.zeros((H, cap), mx.float32)
+        self.seen = mx.zeros((H, cap), mx.float32)
+        self.positions = np.full((H, cap), -1, dtype=np.int64)
+        self.tenured = np.zeros((H, cap), dtype=bool)
+        self.survived = np.zeros((H, cap), dtype=np.int32)
+
+    def _capacity_for(self, needed: int) -> int:
+        """Grow in steps like KVCache, but never past the budget unless a
+        prefill chunk needs it for the moment."""
+        stepped = -(-needed // _STEP) * _STEP
+        return max(needed, min(stepped, self.budget))
+
+    def _grow(self, needed: int) -> None:
+        cap = self._capacity_for(needed)
+        old = self.keys.shape[2]
+        extra = cap - old
+        H = self.keys.shape[1]
+        self.keys = mx.concatenate([self.keys, mx.zeros((1, H, extra, self.keys.shape[3]), self.keys.dtype)], axis=2)
+        self.values = mx.concatenate([self.values, mx.zeros((1, H, extra, self.values.shape[3]), self.values.dtype)], axis=2)
+        self.acc = mx.concatenate([self.acc, mx.zeros((H, extra), mx.float32)], axis=1)
+        self.seen = mx.concatenate([self.seen, mx.zeros((H, extra), mx.float32)], axis=1)
+        self.positions = np.concatenate([self.positions, np.full((H, extra), -1, np.int64)], axis=1)
+        self.tenured = np.concatenate([self.tenured, np.zeros((H, extra), bool)], axis=1)
+        self.survived = np.concatenate([self.survived, np.zeros((H, extra), np.int32)], axis=1)
+
+    def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
+        if self.end + n_new > self.keys.shape[2]:
+            if (self.positions[:, : self.end] < 0).any():
+                self._compact(extra=n_new)
+            if self.end + n_new > self.keys.shape[2]:
+                self._grow(self.end + n_new)
+        start, stop = self.end, self.end + n_new
+        self.keys[..., start:stop, :] = keys
+        self.values[..., start:stop, :] = values
+        self.acc[:, start:stop] = 0.0
+        self.seen[:, start:stop] = 0.0
+        self.positions[:, start:stop] = self.offset + np.arange(n_new)
+        self.tenured[:, start:stop] = False
+        self.survived[:, start:stop] = 0
+        self.end = stop
+
+    def _write_into_dead_slot(self, keys: mx.array, values: mx.array, dead: np.ndarray) -> None:
+        H = keys.shape[1]
+        slots = dead.argmax(axis=1)
+        heads = np.arange(H)
+        h_idx, s_idx = mx.array(heads), mx.array(slots)
+        self.keys[0, h_idx, s_idx, :] = keys[0, :, 0, :]
+        self.values[0, h_idx, s_idx, :] = values[0, :, 0, :]
+        self.acc[h_idx, s_idx] = 0.0
+        self.seen[h_idx, s_idx] = 0.0
+        self.positions[heads, slots] = self.offset
+        self.tenured[heads, slots] = False
+        self.survived[heads, slots] = 0
+        self._reused = slots
+
+    def _host_scores(self) -> np.ndarray:
+        end = self.end
+        acc = np.array(self.acc[:, :end]) if self.policy.observes != "none" else np.zeros(self.positions[:, :end].shape)
+        seen = np.array(self.seen[:, :end]) if self.policy.observes != "none" else acc
+        return self.policy.scores(acc, seen, self.positions[:, :end], self.offset)
+
+    def _collect(self) -> None:
+        end = self.end
+        scores = self._host_scores()
+        if self.rank_noise > 0:
+            scores = _normalise(scores, self.positions[:, :end]) + self._rng.normal(0.0, self.rank_noise, scores.shape)
+        n_evict = self.live - (self.budget - self.collect_batch)
+        major = (self.collections + 1) % self.major_every == 0
+        positions, tenured, survived = (a[:, :end] for a in (self.positions, self.tenured, self.survived))
+        result = collect(
+            positions, tenured, survived, scores,
+            offset=self.offset, sinks=self.sinks, window=self.window, n_evict=n_evict,
+            tenured_cap=self.tenured_cap, promote_after=self.promote_after, major=major,
+        )
+        self.last_scores = scores
+        self.collections += 1
+        self.evictions += result.victims.shape[1]
+        self.promotions += result.promoted
+        self.demotions += result.demoted
+        self.ranked += result.ranked
+        dead_fraction = 1.0 - self.live / max(1, end)
+        if dead_fraction > self.compact_threshold or self.keys.shape[2] > self.budget:
+            self._compact()
+
+    def _compact(self, extra: int = 0) -> None:
+        """Reallocate the live slots contiguously, in position order, per head."""
+        end, live = self.end, self.live
+        pos = self.positions[:, :end]
+        order = np.argsort(np.where(pos >= 0, pos, np.iinfo(np.int64).max), axis=1, kind="stable")[:, :live]
+        idx = mx.array(order.astype(np.int32))
+        H = pos.shape[0]
+        cap = self._capacity_for(max(live + extra, 1))
+        new_k = mx.take_along_axis(self.keys[..., :end, :], idx[None, :, :, None], axis=2)
+        new_v = mx.take_along_axis(self.values[..., :end, :], idx[None, :, :, None], axis=2)
+        acc = mx.take_along_axis(self.acc[:, :end], idx, axis=1)
+        seen = mx.take_along_axis(self.seen[:, :end], idx, axis=1)
+        pad = cap - live
+        self.keys = mx.concatenate([new_k, mx.zeros((1, H, pad, new_k.shape[3]), new_k.dtype)], axis=2) if pad else new_k
+        self.values = mx.concatenate([new_v, mx.zeros((1, H, pad, new_v.shape[3]), new_v.dtype)], axis=2) if pad else new_v
+        self.acc = mx.concatenate([acc, mx.zeros((H, pad), mx.float32)], axis=1) if pad else acc
+        self.seen = mx.concatenate([seen, mx.zeros((H, pad), mx.float32)], axis=1) if pad else seen
+        rows = np.arange(H)[:, None]
+        self.positions = _padded(pos[rows, order], cap, -1)
+        self.tenured = _padded(self.tenured[:, :end][rows, order], cap, False)
+        self.survived = _padded(self.survived[:, :end][rows, order], cap, 0)
+        self.end = live
+        self.compactions += 1
+        mx.eval(self.keys, self.values, self.acc, self.seen)
+
+    def _fast_attention(self, queries, keys, values, scale, dead_bias, n_new):
+        if dead_bias is None:
+            mask = "causal" if n_new > 1 else None
+        else:
+            G = queries.shape[1] // keys.shape[1]
+            bias = mx.repeat(dead_bias, G, axis=0)[None, :, None, :]
+            if n_new > 1:
+                cols = mx.arange(self.end)
+                rows = self.end - n_new + mx.arange(n_new)
+                bias = mx.where(cols[None, :] <= rows[:, None], bias, -mx.inf)
+            mask = bias.astype(queries.dtype)
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+
+
+def _padded(a: np.ndarray, cap: int, fill) -> np.ndarray:
+    out = np.full((a.shape[0], cap), fill, dtype=a.dtype)
+    out[:, : a.shape[1]] = a
+    return out
+
+
+def _normalise(scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Scale each head's live scores to [0, 1] so rank_noise means the same for every policy."""
+    alive = positions >= 0
+    lo = np.where(alive, scores, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(alive, scores, -np.inf).max(axis=1, keepdims=True)
+    return (scores - lo) / np.maximum(hi - lo, 1e-12)

@@ -1,0 +1,14 @@
+"""Scoring policies, one per module, looked up by name."""
+
+from mlx_kv.policies.base import Policy
+from mlx_kv.policies.h2o import H2O
+from mlx_kv.policies.random import Random
+from mlx_kv.policies.snapkv import SnapKV
+from mlx_kv.policies.streaming import Streaming
+from mlx_kv.policies.tova import TOVA
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (H2O, TOVA, SnapKV, Streaming, Random)
+}
+
+__all__ = ["POLICIES", "Policy", "H2O", "TOVA", "SnapKV", "Streaming", "Random"]

@@ -1,0 +1,67 @@
+"""Random-weight models built from real config shapes (no downloads)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx_lm.utils import _get_classes
+
+CONFIGS = {
+    "llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=101,
+                  rope_theta=10000.0, tie_word_embeddings=False),
+    "mistral": dict(model_type="mistral", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                    num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=101,
+                    rope_theta=1000000.0, tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=101,
+                  rope_theta=1000000.0, tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=101,
+                  rope_theta=1000000.0, head_dim=16, tie_word_embeddings=True, max_position_embeddings=4096),
+}
+
+
+def build_model(model_type: str, seed: int = 0, **overrides):
+    config = dict(CONFIGS[model_type], **overrides)
+    model_cls, args_cls = _get_classes(config)
+    mx.random.seed(seed)
+    model = model_cls(args_cls.from_dict(config))
+    mx.eval(model.parameters())
+    return model
+
+
+@pytest.fixture
+def llama_model():
+    return build_model("llama")
+
+
+def write_model_folder(path, model_type: str = "llama", seed: int = 0, **overrides):
+    """A loadable model folder: config, safetensors weights and a word-level tokenizer."""
+    import json
+    from pathlib import Path
+
+    from mlx.utils import tree_flatten
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = dict(CONFIGS[model_type], **overrides)
+    words = ["<unk>", "<eos>"] + [f"w{i}" for i in range(config["vocab_size"] - 2)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "unk_token": "<unk>",
+        "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}",
+    }))
+    config["eos_token_id"] = 1
+    (path / "config.json").write_text(json.dumps(config))
+    model = build_model(model_type, seed=seed, **overrides)
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return write_model_folder(tmp_path_factory.mktemp("tiny-llama"))

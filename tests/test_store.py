@@ -1,0 +1,167 @@
+"""Saved sessions: round trip, atomicity (a failed save keeps the earlier one), damage is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from app import store as store_mod
+from app.store import SessionStore, data_dir
+from mlx_kv.errors import UserError
+
+TRANSCRIPT = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "what is in the doc? ünïcødé"},
+    {"role": "assistant", "content": "a *needle*"},
+]
+SETTINGS = {"budget": "2GB", "policy": "h2o", "system": "be brief"}
+
+
+def fake_snapshot(payload: bytes):
+    """Stands in for Session.save(path): writes a file at path + suffix, like mlx does."""
+
+    def save(path: str) -> None:
+        Path(path + ".safetensors").write_bytes(payload)
+        Path(path + ".json").write_text('{"meta": 1}')
+
+    return save
+
+
+def test_data_dir_rules(tmp_path):
+    assert data_dir({"MLX_KV_DATA_DIR": str(tmp_path)}) == tmp_path
+    assert data_dir({}, "darwin", "/Users/a") == Path("/Users/a/Library/Application Support/mlx-kv")
+    assert data_dir({"XDG_DATA_HOME": "/x"}, "linux", "/home/a") == Path("/x/mlx-kv")
+    assert data_dir({}, "linux", "/home/a") == Path("/home/a/.local/share/mlx-kv")
+
+
+def test_env_override_is_the_default_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_KV_DATA_DIR", str(tmp_path / "d"))
+    assert SessionStore().root == tmp_path / "d"
+
+
+def test_round_trip_with_snapshot(tmp_path):
+    st = SessionStore(tmp_path)
+    saved = st.save("run1", TRANSCRIPT, SETTINGS, model="bundled", snapshot=fake_snapshot(b"heap-1"))
+    loaded = st.load("run1")
+    assert loaded.transcript == TRANSCRIPT
+    assert loaded.settings == SETTINGS
+    assert loaded.model == "bundled"
+    assert loaded.snapshot_path == saved.snapshot_path
+    assert Path(loaded.snapshot_path + ".safetensors").read_bytes() == b"heap-1"
+    assert [n for n, _ in st.list()] == ["run1"]
+
+
+def test_round_trip_without_snapshot(tmp_path):
+    st = SessionStore(tmp_path)
+    st.save("plain", TRANSCRIPT, SETTINGS)
+    assert st.load("plain").snapshot_path is None
+
+
+def test_resave_replaces_and_cleans_old_snapshot(tmp_path):
+    st = SessionStore(tmp_path)
+    first = st.save("s", TRANSCRIPT[:1], SETTINGS, snapshot=fake_snapshot(b"v1"))
+    second = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"v2"))
+    assert st.load("s").transcript == TRANSCRIPT
+    assert Path(second.snapshot_path + ".safetensors").read_bytes() == b"v2"
+    assert not Path(first.snapshot_path).parent.exists()
+    assert st.load("s").created == first.created
+    assert len(list((tmp_path / "snapshots").iterdir())) == 1
+
+
+def test_failure_during_snapshot_keeps_earlier_save(tmp_path):
+    st = SessionStore(tmp_path)
+    good = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"good"))
+
+    def crashing_save(path: str) -> None:
+        Path(path + ".safetensors").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(UserError, match="could not save session 's'"):
+        st.save("s", TRANSCRIPT + [{"role": "user", "content": "more"}], SETTINGS, snapshot=crashing_save)
+    loaded = st.load("s")
+    assert loaded.transcript == TRANSCRIPT
+    assert Path(loaded.snapshot_path + ".safetensors").read_bytes() == b"good"
+    assert loaded.snapshot_path == good.snapshot_path
+    # no half-written snapshot left behind
+    assert [p.name for p in (tmp_path / "snapshots").iterdir()] == [Path(good.snapshot_path).parent.name]
+
+
+def test_failure_during_database_write_keeps_earlier_save(tmp_path, monkeypatch):
+    st = SessionStore(tmp_path)
+    good = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"good"))
+
+    def boom(text: str) -> str:
+        raise OSError("power cut")  # raised inside the transaction, before commit
+
+    monkeypatch.setattr(store_mod, "_sha256_text", boom)
+    with pytest.raises(UserError):
+        st.save("s", [], {}, snapshot=fake_snapshot(b"new"))
+    monkeypatch.undo()
+    loaded = st.load("s")
+    assert loaded.transcript == TRANSCRIPT
+    assert Path(loaded.snapshot_path + ".safetensors").read_bytes() == b"good"
+    assert len(list((tmp_path / "snapshots").iterdir())) == 1
+    assert loaded.snapshot_path == good.snapshot_path
+
+
+def test_stale_temp_dirs_from_a_crash_are_ignored_and_cleaned(tmp_path):
+    st = SessionStore(tmp_path)
+    st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"ok"))
+    stale = tmp_path / "snapshots" / ".tmp-s-deadbeef"
+    stale.mkdir()
+    (stale / "heap.safetensors").write_bytes(b"partial")
+    assert st.load("s").transcript == TRANSCRIPT
+    st.save("t", TRANSCRIPT, SETTINGS)
+    assert not stale.exists()
+
+
+def test_missing_session_is_a_clear_error(tmp_path):
+    st = SessionStore(tmp_path)
+    st.save("a", TRANSCRIPT, SETTINGS)
+    with pytest.raises(UserError, match="no saved session named 'b'.*a"):
+        st.load("b")
+
+
+def test_corrupted_snapshot_is_refused(tmp_path):
+    st = SessionStore(tmp_path)
+    saved = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"0123456789"))
+    f = Path(saved.snapshot_path + ".safetensors")
+    data = bytearray(f.read_bytes())
+    data[3] ^= 0x01  # bit flip
+    f.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupted"):
+        st.load("s")
+    f.write_bytes(b"0123")  # truncated
+    with pytest.raises(UserError, match="corrupted"):
+        st.load("s")
+
+
+def test_tampered_transcript_and_version_mismatch_are_refused(tmp_path):
+    st = SessionStore(tmp_path)
+    st.save("s", TRANSCRIPT, SETTINGS)
+    with sqlite3.connect(tmp_path / "sessions.sqlite3") as conn:
+        conn.execute("UPDATE sessions SET transcript = '[]' WHERE name = 's'")
+    with pytest.raises(UserError, match="checksum"):
+        st.load("s")
+    st.save("s", TRANSCRIPT, SETTINGS)
+    with sqlite3.connect(tmp_path / "sessions.sqlite3") as conn:
+        conn.execute("UPDATE sessions SET format_version = 99 WHERE name = 's'")
+    with pytest.raises(UserError, match="format 99"):
+        st.load("s")
+
+
+def test_unwritable_root_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(UserError, match="cannot open the session store"):
+        SessionStore(blocker / "sub").save("s", [], {})
+
+
+def test_delete(tmp_path):
+    st = SessionStore(tmp_path)
+    saved = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"x"))
+    st.delete("s")
+    assert st.list() == []
+    assert not Path(saved.snapshot_path).parent.exists()
