@@ -44,7 +44,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
     ]
 
 
-def load_heap_cache(path: str) -> list[Any]:
+def load_heap_cache(path: str, return_metadata: bool = False):
     """load_prompt_cache for files holding heap caches."""
     register_cache_class()
-    return mlx_cache.load_prompt_cache(path)
+    return mlx_cache.load_prompt_cache(path, return_metadata=return_metadata)

@@ -229,6 +229,31 @@ class HeapKVCache:
         host = self.positions.nbytes + self.tenured.nbytes + self.survived.nbytes
         return device + host
 
+    # ---------------------------------------------------------------- controls
+    def set_budget(self, budget: int) -> None:
+        """Change the budget now; shrinking collects and compacts at once."""
+        if budget < self.sinks + self.window + 1:
+            raise ValueError(
+                f"budget: {budget} tokens is smaller than sinks + window + 1 = {self.sinks + self.window + 1}"
+            )
+        self.budget = int(budget)
+        room = self.budget - self.sinks - self.window
+        self.collect_batch = max(1, min(self.collect_batch, room))
+        self.tenured_cap = min(self.tenured_cap, room)
+        if self.keys is None:
+            return
+        if self.live > self.budget:
+            self._collect()
+        if self.keys.shape[2] > self.budget:
+            self._compact()
+
+    def set_policy(self, policy: Policy) -> None:
+        """Switch policy; accumulated scores start again from zero."""
+        self.policy = policy
+        if self.acc is not None:
+            self.acc = mx.zeros_like(self.acc)
+            self.seen = mx.zeros_like(self.seen)
+
     # -------------------------------------------------------------- diagnostics
     @property
     def live(self) -> int:

@@ -1,0 +1,337 @@
+"""Session: the library's one entry point for a conversation.
+
+A Session owns a model, its tokenizer and its heap, and keeps a record of
+exactly which text the heap has consumed, so chat turns and documents only
+prefill what is new. All MLX work happens on the thread that calls it (MLX
+streams are thread-local): the TUI runs one engine thread for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from array import array
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_kv.budget import kv_geometry
+from mlx_kv.config import HeapConfig
+from mlx_kv.documents import read_document
+from mlx_kv.errors import UserError
+from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
+from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
+from mlx_kv.models import load_model
+from mlx_kv.policies import POLICIES
+
+SESSION_FORMAT = 1
+PREFILL_CHUNK = 512
+
+
+class Session:
+    def __init__(self, model: Any, tokenizer: Any, config: HeapConfig, model_name: str,
+                 model_spec: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_name = model_name
+        self.model_spec = model_spec
+        self.cache = make_heap_cache(model, config)
+        self.transcript: list[dict] = []
+        self.system: str | None = None
+        self._fed_text = ""
+        self._token_ids = array("i")
+        self._prefill_tps = 0.0
+        self._decode_tps = 0.0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
+             progress: Callable[[str], None] | None = None, **heap: Any) -> "Session":
+        config = _heap_config(budget, policy, heap)
+        mdl, tok, name = load_model(model, progress)
+        try:
+            return cls(mdl, tok, config, name, model)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    # --------------------------------------------------------------------- chat
+    def chat(self, message: str, max_tokens: int = 512, cancel: threading.Event | None = None,
+             temperature: float = 0.0) -> Iterator[str]:
+        """Stream the reply to `message`; a set `cancel` stops it, keeping what was said."""
+        if not message.strip():
+            raise UserError("message: empty message")
+        self.transcript.append({"role": "user", "content": message})
+        prompt = self._new_text(self._render(add_generation_prompt=True))
+        self._prefill(self._encode(prompt), prompt, cancel=None)
+        reply: list[int] = []
+        detok = self.tokenizer.detokenizer
+        detok.reset()
+        entry = {"role": "assistant", "content": ""}
+        self.transcript.append(entry)
+        try:
+            for token in self._decode(max_tokens, cancel, temperature):
+                reply.append(token)
+                detok.add_token(token)
+                piece = detok.last_segment
+                entry["content"] += piece
+                if piece:
+                    yield piece
+            detok.finalize()
+            tail = detok.last_segment
+            if tail:
+                entry["content"] += tail
+                yield tail
+        finally:
+            self._fed_text += self.tokenizer.decode(reply)
+
+    def _decode(self, max_tokens: int, cancel: threading.Event | None, temperature: float) -> Iterator[int]:
+        logits = self._last_logits
+        eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
+        start, n = time.perf_counter(), 0
+        for _ in range(max_tokens):
+            if cancel is not None and cancel.is_set():
+                break
+            token = _sample(logits, temperature)
+            if token in eos:
+                break
+            yield token
+            out = self.model(mx.array([[token]]), cache=self.cache)
+            logits = out[0, -1]
+            mx.async_eval(logits)
+            self._token_ids.append(token)
+            n += 1
+        self._last_logits = logits
+        elapsed = time.perf_counter() - start
+        if n:
+            self._decode_tps = n / elapsed
+
+    # ---------------------------------------------------------------- documents
+    def ingest(self, source: str, progress: Callable[[IngestProgress], None] | None = None,
+               errors: str = "strict", cancel: threading.Event | None = None) -> IngestResult:
+        """Load a document (a path, or the text itself) into the session."""
+        text, name = read_document(source, errors=errors)
+        self.transcript.append({"role": "document", "content": text, "source": name})
+        rendered = self._new_text(self._render(add_generation_prompt=False))
+        tokens = self._encode(rendered)
+        start = time.perf_counter()
+        done = self._prefill(tokens, rendered, cancel=cancel, progress=progress)
+        if done < len(tokens):
+            kept = self.tokenizer.decode(tokens[:done])
+            self.transcript[-1]["content"] = kept
+            self.transcript[-1]["partial"] = True
+        return IngestResult(tokens=done, seconds=time.perf_counter() - start, source=name)
+
+    # ------------------------------------------------------------------ prefill
+    def _prefill(self, tokens: list[int], text: str, cancel: threading.Event | None,
+                 progress: Callable[[IngestProgress], None] | None = None) -> int:
+        """Feed tokens in chunks; returns how many were consumed (all unless cancelled)."""
+        total, done = len(tokens), 0
+        start = time.perf_counter()
+        while done < total:
+            if cancel is not None and cancel.is_set():
+                break
+            chunk = tokens[done:done + PREFILL_CHUNK]
+            out = self.model(mx.array(chunk)[None], cache=self.cache)
+            self._last_logits = out[0, -1]
+            mx.eval(self._last_logits, [c.state for c in self.cache])
+            self._token_ids.extend(chunk)
+            done += len(chunk)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            tps = done / elapsed
+            if progress is not None:
+                progress(IngestProgress(done, total, tps, (total - done) / tps if tps else 0.0))
+        if done:
+            self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
+        self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])
+        return done
+
+    # ---------------------------------------------------------------- rendering
+    def _messages(self) -> list[dict]:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        return messages + [{"role": m["role"], "content": m["content"]} for m in self.transcript]
+
+    def _render(self, add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            self._messages(), add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def _new_text(self, full: str) -> str:
+        """What the heap has not seen yet. If history was rewritten (a
+        changed system prompt), only the unseen tail can be fed."""
+        fed = self._fed_text
+        if full.startswith(fed):
+            return full[len(fed):]
+        common = os.path.commonprefix([full, fed])
+        return full[len(common):]
+
+    def _encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        except TypeError:
+            return list(self.tokenizer.encode(text))
+
+    # ----------------------------------------------------------------- controls
+    def set_budget(self, budget: int | str) -> None:
+        config = _heap_config(budget, self.config.policy, self._heap_kwargs())
+        from mlx_kv.budget import tokens_per_layer
+
+        try:
+            budgets = tokens_per_layer(config, self.model)
+            for layer, tokens in zip(self.cache, budgets):
+                layer.set_budget(tokens)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.config = config
+
+    def set_policy(self, name: str) -> None:
+        if name not in POLICIES:
+            raise UserError(f"policy: unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
+        self.config = _heap_config(self.config.budget, name, self._heap_kwargs())
+        for layer in self.cache:
+            layer.set_policy(self.config.make_policy())
+
+    def set_system(self, text: str) -> None:
+        self.system = text.strip() or None
+
+    def clear(self) -> None:
+        self.transcript.clear()
+        self._fed_text = ""
+        self._token_ids = array("i")
+        self.cache = make_heap_cache(self.model, self.config)
+
+    def _heap_kwargs(self) -> dict[str, Any]:
+        fields = dict(self.config.__dict__)
+        fields.pop("budget"), fields.pop("policy")
+        if fields.get("policy_args") and self.config.policy != fields.get("policy"):
+            fields["policy_args"] = {}
+        return fields
+
+    # ------------------------------------------------------------- measurements
+    @property
+    def tokens_seen(self) -> int:
+        return self.cache[0].offset if self.cache else 0
+
+    def heap_stats(self, n_pillars: int = 8) -> HeapStats:
+        per_token = kv_geometry(self.model).heap_bytes_per_token_layer
+        tiers = {"sinks": 0, "young": 0, "intermediate": 0, "tenured": 0}
+        layers = []
+        for layer in self.cache:
+            for key, value in layer.tier_counts().items():
+                tiers[key] += value
+            layers.append(LayerUsage(kept=layer.live, budget=layer.budget, nbytes=layer.nbytes))
+        n = max(1, len(self.cache))
+        return HeapStats(
+            policy=self.config.policy,
+            budget_tokens=self.cache[0].budget,
+            budget_bytes=sum(layer.budget * per_token for layer in self.cache),
+            nbytes=sum(layer.nbytes for layer in self.cache),
+            tokens_seen=self.tokens_seen,
+            tokens_kept=self.cache[0].live,
+            sinks=tiers["sinks"] // n, young=tiers["young"] // n,
+            intermediate=tiers["intermediate"] // n, tenured=tiers["tenured"] // n,
+            evictions=sum(layer.evictions for layer in self.cache),
+            promotions=sum(layer.promotions for layer in self.cache),
+            compactions=sum(layer.compactions for layer in self.cache),
+            layers=layers,
+            pillars=self.pillars(n_pillars),
+        )
+
+    def pillars(self, n: int = 8) -> list[Pillar]:
+        """Kept tokens that the most (layer, head) pairs rank in their top 5%."""
+        from mlx_kv.diagnostics import pillar_positions
+
+        if self.policy_is_blind() or not self.cache or self.cache[0].live == 0:
+            return []
+        found = pillar_positions([layer.token_scores() for layer in self.cache],
+                                 sinks=self.config.sinks, recent_from=self.tokens_seen - self.config.window,
+                                 top_fraction=0.05, limit=n)
+        out = []
+        for position, votes in found:
+            token = self._token_ids[position] if position < len(self._token_ids) else None
+            text = self.tokenizer.decode([token]) if token is not None else "?"
+            out.append(Pillar(position=int(position), text=text, score=float(votes)))
+        return out
+
+    def policy_is_blind(self) -> bool:
+        return self.cache[0].policy.observes == "none"
+
+    def throughput(self) -> Throughput:
+        return Throughput(prefill_tps=self._prefill_tps, decode_tps=self._decode_tps)
+
+    def mlx_memory(self) -> dict[str, int]:
+        return {"active": mx.get_active_memory(), "peak": mx.get_peak_memory(), "cache": mx.get_cache_memory()}
+
+    # ------------------------------------------------------------ save/restore
+    def save(self, path: str) -> None:
+        """Write heap + transcript + settings to one file, atomically."""
+        from mlx_lm.models.cache import save_prompt_cache
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": str(SESSION_FORMAT),
+            "model": self.model_spec or "",
+            "model_name": self.model_name,
+            "config": json.dumps({k: v for k, v in self.config.__dict__.items()}),
+            "transcript": json.dumps(self.transcript),
+            "system": self.system or "",
+            "fed_text": self._fed_text,
+            "token_ids": json.dumps(self._token_ids.tolist()),
+        }
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_prompt_cache(tmp, self.cache, metadata=meta)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def restore(cls, path: str, model: Any = None, tokenizer: Any = None) -> "Session":
+        try:
+            cache, meta = load_heap_cache(str(path), return_metadata=True)
+        except FileNotFoundError:
+            raise UserError(f"session: {path} does not exist") from None
+        except Exception as exc:
+            raise UserError(f"session: {path} is not a readable session file ({type(exc).__name__})") from None
+        if meta.get("format") != str(SESSION_FORMAT):
+            raise UserError(f"session: {path} has format {meta.get('format')!r}, expected {SESSION_FORMAT}")
+        config = HeapConfig(**json.loads(meta["config"]))
+        if model is None:
+            model, tokenizer, name = load_model(meta["model"] or None)
+        else:
+            name = meta.get("model_name", "model")
+        session = cls(model, tokenizer, config, name, meta["model"] or None)
+        session.cache = cache
+        session.transcript = json.loads(meta["transcript"])
+        session.system = meta["system"] or None
+        session._fed_text = meta["fed_text"]
+        session._token_ids = array("i", json.loads(meta["token_ids"]))
+        session._last_logits = None
+        return session
+
+
+def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, Any]) -> HeapConfig:
+    fields = dict(extra)
+    if budget is not None:
+        fields["budget"] = budget
+    if policy is not None:
+        fields["policy"] = policy
+    try:
+        return HeapConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _sample(logits: mx.array, temperature: float) -> int:
+    if temperature <= 0:
+        return int(mx.argmax(logits).item())
+    return int(mx.random.categorical(logits / temperature).item())
