@@ -3,22 +3,30 @@
     from mlx_kv import HeapConfig, make_heap_cache
     cache = make_heap_cache(model, HeapConfig(budget=1024, policy="h2o"))
     mlx_lm.generate(model, tokenizer, prompt, prompt_cache=cache)
+
+Names are imported lazily so that `import mlx_kv.cli` does not load MLX
+before the CLI had a chance to preload OpenBLAS.
 """
 
-from mlx_kv.attention import install, uninstall
-from mlx_kv.config import HeapConfig, parse_bytes
-from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
-from mlx_kv.heap.layer import HeapKVCache
-from mlx_kv.policies import POLICIES
+from importlib import import_module
 
-__all__ = [
-    "HeapConfig",
-    "HeapKVCache",
-    "POLICIES",
-    "install",
-    "load_heap_cache",
-    "make_heap_cache",
-    "parse_bytes",
-    "uninstall",
-]
+_EXPORTS = {
+    "HeapConfig": "mlx_kv.config",
+    "parse_bytes": "mlx_kv.config",
+    "HeapKVCache": "mlx_kv.heap.layer",
+    "make_heap_cache": "mlx_kv.heap.factory",
+    "load_heap_cache": "mlx_kv.heap.factory",
+    "install": "mlx_kv.attention",
+    "uninstall": "mlx_kv.attention",
+    "POLICIES": "mlx_kv.policies",
+    "Session": "mlx_kv.engine",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mlx_kv' has no attribute {name!r}")

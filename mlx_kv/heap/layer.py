@@ -78,6 +78,9 @@ class HeapKVCache:
         self.survived = np.zeros((0, 0), dtype=np.int32)
         self.acc: mx.array | None = None
         self.seen: mx.array | None = None
+        self.bias: mx.array | None = None  # (H, capacity): 0 on live slots, -inf on dead ones
+        self._live = 0
+        self._free: list[np.ndarray] = []  # dead slots to reuse, one (H,) column per token
         self.last_scores = np.zeros((0, 0))
         self.evictions = 0
         self.promotions = 0
@@ -96,13 +99,11 @@ class HeapKVCache:
         self._reused = None
         if self.keys is None:
             self._allocate(keys, values, n_new)
-        dead = self.positions[:, : self.end] < 0
-        if n_new == 1 and not dead[0].any() and self.live + 1 > self.budget:
+        if n_new == 1 and not self._free and self._live + 1 > self.budget:
             # Full: collect on the scores gathered so far, before the token lands.
             self._collect()
-            dead = self.positions[:, : self.end] < 0
-        if n_new == 1 and dead[0].any():
-            self._write_into_dead_slot(keys, values, dead)
+        if n_new == 1 and self._free:
+            self._write_into_dead_slot(keys, values, self._free.pop())
         else:
             self._append(keys, values, n_new)
         self.offset += n_new
@@ -112,8 +113,7 @@ class HeapKVCache:
         """Attention over the live slots; feeds the policy; collects if over budget."""
         n_new = queries.shape[2]
         first = None if self._reused is not None else self.end - n_new
-        dead = self.positions[:, : self.end] < 0
-        dead_bias = mx.array(np.where(dead, -np.inf, 0.0).astype(np.float32)) if dead.any() else None
+        dead_bias = self.bias[:, : self.end] if self._live < self.end else None
         observes = self.policy.observes
         if observes == "none":
             out = self._fast_attention(queries, keys, values, scale, dead_bias, n_new)
@@ -170,6 +170,7 @@ class HeapKVCache:
         self.survived = np.array(survived).astype(np.int32)
         self.end = self.positions.shape[1]
         self.offset = offset
+        self._sync_from_positions()
         for name, value in counters.items():
             setattr(self, name, value)
 
@@ -210,9 +211,23 @@ class HeapKVCache:
         gone = self.positions[:, : self.end] >= self.offset
         self.positions[:, : self.end][gone] = -1
         self.tenured[:, : self.end][gone] = False
+        self._sync_from_positions()
+        return n
+
+    def _sync_from_positions(self) -> None:
+        """Rebuild the counters, free list and bias from `positions`."""
         while self.end > 0 and (self.positions[:, self.end - 1] < 0).all():
             self.end -= 1
-        return n
+        pos = self.positions[:, : self.end]
+        self._live = int((pos[0] >= 0).sum()) if len(pos) else 0
+        dead = pos < 0
+        n_dead = int(dead[0].sum()) if len(pos) else 0
+        self._free = [np.array([np.flatnonzero(row)[i] for row in dead]) for i in range(n_dead - 1, -1, -1)]
+        if self.keys is not None:
+            cap = self.keys.shape[2]
+            bias = np.zeros((self.positions.shape[0], cap), np.float32)
+            bias[:, : self.end][dead] = -np.inf
+            self.bias = mx.array(bias)
 
     def empty(self) -> bool:
         return self.keys is None
@@ -258,9 +273,7 @@ class HeapKVCache:
     @property
     def live(self) -> int:
         """Tokens kept per KV head (every head keeps the same count)."""
-        if self.keys is None:
-            return 0
-        return int((self.positions[0, : self.end] >= 0).sum())
+        return self._live
 
     def tier_counts(self) -> dict[str, int]:
         """Tokens per tier, counted on KV head 0 (all heads hold the same counts)."""
@@ -296,6 +309,7 @@ class HeapKVCache:
         self.values = mx.zeros((1, H, cap, values.shape[3]), values.dtype)
         self.acc = mx.zeros((H, cap), mx.float32)
         self.seen = mx.zeros((H, cap), mx.float32)
+        self.bias = mx.zeros((H, cap), mx.float32)
         self.positions = np.full((H, cap), -1, dtype=np.int64)
         self.tenured = np.zeros((H, cap), dtype=bool)
         self.survived = np.zeros((H, cap), dtype=np.int32)
@@ -315,13 +329,14 @@ class HeapKVCache:
         self.values = mx.concatenate([self.values, mx.zeros((1, H, extra, self.values.shape[3]), self.values.dtype)], axis=2)
         self.acc = mx.concatenate([self.acc, mx.zeros((H, extra), mx.float32)], axis=1)
         self.seen = mx.concatenate([self.seen, mx.zeros((H, extra), mx.float32)], axis=1)
+        self.bias = mx.concatenate([self.bias, mx.zeros((H, extra), mx.float32)], axis=1)
         self.positions = np.concatenate([self.positions, np.full((H, extra), -1, np.int64)], axis=1)
         self.tenured = np.concatenate([self.tenured, np.zeros((H, extra), bool)], axis=1)
         self.survived = np.concatenate([self.survived, np.zeros((H, extra), np.int32)], axis=1)
 
     def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
         if self.end + n_new > self.keys.shape[2]:
-            if (self.positions[:, : self.end] < 0).any():
+            if self._live < self.end:
                 self._compact(extra=n_new)
             if self.end + n_new > self.keys.shape[2]:
                 self._grow(self.end + n_new)
@@ -330,20 +345,23 @@ class HeapKVCache:
         self.values[..., start:stop, :] = values
         self.acc[:, start:stop] = 0.0
         self.seen[:, start:stop] = 0.0
+        self.bias[:, start:stop] = 0.0
         self.positions[:, start:stop] = self.offset + np.arange(n_new)
         self.tenured[:, start:stop] = False
         self.survived[:, start:stop] = 0
         self.end = stop
+        self._live += n_new
 
-    def _write_into_dead_slot(self, keys: mx.array, values: mx.array, dead: np.ndarray) -> None:
+    def _write_into_dead_slot(self, keys: mx.array, values: mx.array, slots: np.ndarray) -> None:
         H = keys.shape[1]
-        slots = dead.argmax(axis=1)
         heads = np.arange(H)
         h_idx, s_idx = mx.array(heads), mx.array(slots)
         self.keys[0, h_idx, s_idx, :] = keys[0, :, 0, :]
         self.values[0, h_idx, s_idx, :] = values[0, :, 0, :]
         self.acc[h_idx, s_idx] = 0.0
         self.seen[h_idx, s_idx] = 0.0
+        self.bias[h_idx, s_idx] = 0.0
+        self._live += 1
         self.positions[heads, slots] = self.offset
         self.tenured[heads, slots] = False
         self.survived[heads, slots] = 0
@@ -369,6 +387,12 @@ class HeapKVCache:
             tenured_cap=self.tenured_cap, promote_after=self.promote_after, major=major,
         )
         self.last_scores = scores
+        n_victims = result.victims.shape[1]
+        if n_victims:
+            self._live -= n_victims
+            self.bias[mx.array(np.repeat(np.arange(self.bias.shape[0]), n_victims)),
+                      mx.array(result.victims.reshape(-1))] = -mx.inf
+            self._free.extend(result.victims[:, i] for i in range(n_victims - 1, -1, -1))
         self.collections += 1
         self.evictions += result.victims.shape[1]
         self.promotions += result.promoted
@@ -395,6 +419,8 @@ class HeapKVCache:
         self.values = mx.concatenate([new_v, mx.zeros((1, H, pad, new_v.shape[3]), new_v.dtype)], axis=2) if pad else new_v
         self.acc = mx.concatenate([acc, mx.zeros((H, pad), mx.float32)], axis=1) if pad else acc
         self.seen = mx.concatenate([seen, mx.zeros((H, pad), mx.float32)], axis=1) if pad else seen
+        self.bias = mx.zeros((H, cap), mx.float32)
+        self._free = []
         rows = np.arange(H)[:, None]
         self.positions = _padded(pos[rows, order], cap, -1)
         self.tenured = _padded(self.tenured[:, :end][rows, order], cap, False)

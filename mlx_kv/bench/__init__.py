@@ -1,0 +1,1 @@
+"""Benchmarks behind `mlx-kv bench ...`: each compares against mlx-lm's own caches in one run."""

@@ -1,0 +1,145 @@
+"""`mlx-kv bench speed`: decode and prefill speed and memory, heap vs mlx-lm caches.
+
+Every configuration runs on the same model and the same prompt in one
+process; repeats are interleaved (config A, B, C, A, B, C, ...) and the
+median is reported, because this machine's timings drift.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
+
+from mlx_kv.attention import uninstall
+from mlx_kv.config import HeapConfig
+from mlx_kv.heap.factory import make_heap_cache
+
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class Setup:
+    name: str
+    kind: str  # kvcache | rotating | quantized8 | quantized4 | heap
+    ratio: float
+    make: Callable[[], list]
+
+
+def baseline_setups(model: Any, context: int, baselines: list[str], ratios: list[float], sinks: int) -> list[Setup]:
+    n = len(model.layers)
+    out = []
+    for name in baselines:
+        if name == "kvcache":
+            out.append(Setup("kvcache", "kvcache", 1.0, lambda: [KVCache() for _ in range(n)]))
+        elif name == "rotating":
+            for r in ratios:
+                size = max(sinks + 1, int(context * r))
+                out.append(Setup(f"rotating@{r:g}", "rotating", r,
+                                 lambda size=size: [RotatingKVCache(max_size=size, keep=sinks) for _ in range(n)]))
+        elif name in ("quantized8", "quantized4"):
+            bits = int(name[-1])
+            group = quant_group_size(model)
+            if group is None:
+                continue  # MLX quantizes in groups of 32/64/128 along head_dim
+            out.append(Setup(name, name, 1.0,
+                             lambda bits=bits: [QuantizedKVCache(group_size=group, bits=bits) for _ in range(n)]))
+        else:
+            raise ValueError(f"baselines: unknown baseline {name!r}")
+    return out
+
+
+def quant_group_size(model: Any) -> int | None:
+    from mlx_kv.budget import kv_geometry
+
+    head_dim = kv_geometry(model).head_dim
+    return next((g for g in (64, 32) if head_dim % g == 0), None)
+
+
+def heap_setups(model: Any, context: int, policies: list[str], ratios: list[float],
+                thresholds: list[float], decode_tokens: int, window: int) -> list[Setup]:
+    out = []
+    for policy in policies:
+        for r in ratios:
+            # ratio 1.0 means "evicts nothing": room for the prompt and every decoded token
+            budget = context + decode_tokens + 1 if r >= 1.0 else max(int(context * r), 4 + window + 2)
+            for t in thresholds:
+                cfg = HeapConfig(budget=budget, policy=policy, compact_threshold=t, window=window)
+                suffix = f"@{r:g}" + (f",compact={t:g}" if len(thresholds) > 1 else "")
+                out.append(Setup(f"heap:{policy}{suffix}", "heap", r,
+                                 lambda cfg=cfg: make_heap_cache(model, cfg)))
+    return out
+
+
+def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) -> dict[str, float]:
+    mx.synchronize()
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    for i in range(0, len(prompt), PREFILL_CHUNK):
+        out = model(mx.array(prompt[i:i + PREFILL_CHUNK])[None], cache=cache)
+        mx.eval(out, [c.state for c in cache])
+    prefill_s = time.perf_counter() - start
+    y = mx.argmax(out[0, -1])
+    mx.eval(y)
+    start = time.perf_counter()
+    for _ in range(decode_tokens):
+        out = model(y.reshape(1, 1), cache=cache)
+        y = mx.argmax(out[0, -1])
+        mx.async_eval(y)
+    mx.eval(y)
+    decode_s = time.perf_counter() - start
+    return {
+        "prefill_tps": len(prompt) / prefill_s,
+        "decode_tps": decode_tokens / decode_s,
+        "kv_bytes": float(sum(c.nbytes for c in cache)),
+        "peak_mem_mb": mx.get_peak_memory() / 2**20,
+    }
+
+
+def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policies: list[str],
+                baselines: list[str], decode_tokens: int, repeats: int = 3, thresholds: list[float] = (0.5,),
+                window: int = 64, sinks: int = 4, vocab: int | None = None,
+                emit: Callable[[dict], None] = print) -> list[dict]:
+    vocab = vocab or model.args.vocab_size
+    rows = []
+    for context in contexts:
+        prompt = np.random.default_rng(context).integers(0, vocab, size=context)
+        setups = baseline_setups(model, context, baselines, ratios, sinks)
+        setups += heap_setups(model, context, policies, ratios, list(thresholds), decode_tokens, window)
+        runs: dict[str, list[dict]] = {s.name: [] for s in setups}
+        for _ in range(repeats):
+            for setup in setups:
+                cache = setup.make()
+                runs[setup.name].append(run_once(model, cache, prompt, decode_tokens))
+                del cache
+                mx.clear_cache()
+        uninstall(model)
+        base = {k: statistics.median(r[k] for r in runs["kvcache"]) for k in ("decode_tps", "prefill_tps")} \
+            if "kvcache" in runs else None
+        for setup in setups:
+            med = {k: statistics.median(r[k] for r in runs[setup.name]) for k in runs[setup.name][0]}
+            row = {"config": setup.name, "kind": setup.kind, "context": context, "budget_ratio": setup.ratio,
+                   "decode_tokens": decode_tokens, "repeats": repeats,
+                   "decode_tps": round(med["decode_tps"], 2), "prefill_tps": round(med["prefill_tps"], 1),
+                   "kv_bytes": int(med["kv_bytes"]), "peak_mem_mb": round(med["peak_mem_mb"], 1)}
+            if base:
+                row["decode_ratio_vs_kvcache"] = round(med["decode_tps"] / base["decode_tps"], 3)
+                row["prefill_ratio_vs_kvcache"] = round(med["prefill_tps"] / base["prefill_tps"], 3)
+            rows.append(row)
+            emit(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'context':>8} {'config':<28} {'decode t/s':>10} {'x kv':>6} {'prefill t/s':>11} {'x kv':>6} {'KV MB':>8} {'peak MB':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['context']:>8} {r['config']:<28} {r['decode_tps']:>10.1f} {r.get('decode_ratio_vs_kvcache', float('nan')):>6.2f} "
+                     f"{r['prefill_tps']:>11.1f} {r.get('prefill_ratio_vs_kvcache', float('nan')):>6.2f} "
+                     f"{r['kv_bytes'] / 2**20:>8.2f} {r['peak_mem_mb']:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""`mlx-kv`: chat, generate, ingest, budget, bench.
+
+Every failure a user can cause ends in one line on stderr and a non-zero
+exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from mlx_kv.errors import UserError
+
+
+def parse_budget(text: str) -> int | str:
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return text
+
+
+def csv_list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def _heap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="hub id, local folder, or omit for the bundled model")
+    p.add_argument("--budget", type=parse_budget, default=None,
+                   help="tokens per layer (1024), bytes for the whole heap (2GB), or auto")
+    p.add_argument("--policy", default=None, help="h2o, tova, snapkv, streaming, random")
+    p.add_argument("--window", type=int, default=None, help="young generation size (tokens)")
+    p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
+
+
+def _heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("window", "sinks") if getattr(args, k, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlx-kv", description="Long-context chat on MLX inside a fixed KV memory budget.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="the terminal app")
+    _heap_options(p)
+
+    p = sub.add_parser("generate", help="answer one prompt, optionally about a document")
+    _heap_options(p)
+    p.add_argument("prompt")
+    p.add_argument("--doc", default=None, help="a text or Markdown file to load first")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--errors", choices=("strict", "replace"), default="strict")
+
+    p = sub.add_parser("ingest", help="load a document with a progress bar, then optionally ask about it")
+    _heap_options(p)
+    p.add_argument("file")
+    p.add_argument("--errors", choices=("strict", "replace"), default="strict")
+    p.add_argument("--ask", default=None, help="a question to ask once the document is loaded")
+    p.add_argument("--max-tokens", type=int, default=128)
+
+    p = sub.add_parser("budget", help="show how a budget turns into tokens per layer")
+    _heap_options(p)
+
+    bench = sub.add_parser("bench", help="benchmarks against mlx-lm's own caches").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("speed", help="decode/prefill speed and memory vs KVCache, RotatingKVCache, QuantizedKVCache")
+    p.add_argument("--model", default=None, help="model folder/hub id, or random:llama-3.2-1b[:layers=N]")
+    p.add_argument("--contexts", type=csv_list(int), default=[2048, 8192, 32768])
+    p.add_argument("--budget-ratios", type=csv_list(float), default=[0.25, 1.0])
+    p.add_argument("--policies", type=csv_list(str), default=["h2o", "tova", "streaming"])
+    p.add_argument("--baselines", type=csv_list(str), default=["kvcache", "rotating", "quantized8", "quantized4"])
+    p.add_argument("--compact-thresholds", type=csv_list(float), default=[0.5])
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from mlx_kv.blas import reexec_with_openblas
+
+    reexec_with_openblas(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"mlx-kv: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # configuration errors name their field
+        print(f"mlx-kv: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlx-kv: interrupted", file=sys.stderr)
+        return 130
+
+
+def _session(args: argparse.Namespace):
+    from mlx_kv.engine import Session
+
+    return Session.load(args.model, budget=args.budget, policy=args.policy,
+                        progress=lambda m: print(m, file=sys.stderr), **_heap_kwargs(args))
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    try:
+        from app.app import run_app
+    except ImportError as exc:
+        raise UserError(f"the terminal app is not available: {exc}") from None
+    run_app(args.model, args.budget, args.policy)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    session = _session(args)
+    if args.doc:
+        session.ingest(args.doc, progress=ProgressBar(), errors=args.errors)
+    for piece in session.chat(args.prompt, max_tokens=args.max_tokens):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    session = _session(args)
+    result = session.ingest(args.file, progress=ProgressBar(), errors=args.errors)
+    stats = session.heap_stats()
+    print(f"loaded {result.source}: {result.tokens} tokens in {result.seconds:.1f}s "
+          f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s); heap keeps {stats.tokens_kept} "
+          f"tokens per layer, {stats.nbytes / 2**20:.1f} MiB of {stats.budget_bytes / 2**20:.1f} MiB budget, "
+          f"{stats.evictions} evictions", file=sys.stderr)
+    if args.ask:
+        for piece in session.chat(args.ask, max_tokens=args.max_tokens):
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from mlx_kv.budget import (AUTO_FRACTION, AUTO_MARGIN, auto_budget_bytes, available_memory,
+                               kv_geometry, tokens_per_layer, weights_bytes)
+    from mlx_kv.config import HeapConfig
+    from mlx_kv.models import load_model
+
+    model, _, name = load_model(args.model)
+    config = HeapConfig(budget=args.budget if args.budget is not None else "auto", **_heap_kwargs(args))
+    g = kv_geometry(model)
+    available = available_memory()
+    per_layer = tokens_per_layer(config, model, available)
+    print(f"model {name}: {g.n_layers} layers, {g.n_kv_heads} KV heads x {g.head_dim} dims, "
+          f"{g.itemsize}-byte KV, weights {weights_bytes(model) / 2**20:.1f} MiB")
+    print(f"mlx-lm KVCache: {g.kv_bytes_per_token} bytes per token (all layers)")
+    print(f"heap: {g.heap_bytes_per_token_layer} bytes per kept token per layer "
+          f"(K+V, two float32 scores, position/age/tier bookkeeping per KV head)")
+    if config.budget == "auto":
+        print(f"auto = {AUTO_FRACTION:g} x available memory ({available / 2**30:.2f} GiB, weights already loaded) "
+              f"- {AUTO_MARGIN / 2**20:.0f} MiB margin = {auto_budget_bytes(available) / 2**30:.2f} GiB")
+    total = per_layer[0] * g.n_layers * g.heap_bytes_per_token_layer
+    print(f"budget {config.budget}: {per_layer[0]} tokens per layer, {total / 2**20:.1f} MiB in all")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return BENCHES[args.bench](args)
+
+
+def bench_speed(args: argparse.Namespace) -> int:
+    import platform
+
+    from mlx_kv.bench.speed import bench_speed as run, format_table
+
+    model, description = _bench_model(args.model)
+    header = {"machine": f"{platform.machine()} {platform.system()}, {_cpu_count()} cores", "model": description,
+              "openblas": _openblas_state(), "command": "mlx-kv " + " ".join(sys.argv[1:])}
+    rows = []
+    emit = (lambda row: print(json.dumps(row), flush=True)) if args.json else rows.append
+    if args.json:
+        print(json.dumps(header), flush=True)
+    else:
+        print(" | ".join(f"{k}: {v}" for k, v in header.items()), file=sys.stderr)
+    run(model, contexts=args.contexts, ratios=args.budget_ratios, policies=args.policies,
+        baselines=args.baselines, decode_tokens=args.decode_tokens, repeats=args.repeats,
+        thresholds=args.compact_thresholds, window=args.window, emit=emit)
+    if not args.json:
+        from mlx_kv.bench.speed import format_table
+        print(format_table(rows))
+    return 0
+
+
+def _bench_model(spec: str | None):
+    if spec and spec.startswith("random:"):
+        from mlx_kv.bench.shapes import random_model
+
+        return random_model(spec)
+    from mlx_kv.models import load_model
+
+    model, _, name = load_model(spec)
+    return model, name
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def _openblas_state() -> str:
+    from mlx_kv.blas import openblas_active
+
+    return "preloaded" if openblas_active() else "not preloaded"
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: tokens, tokens/s, ETA."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.started = time.perf_counter()
+
+    def __call__(self, p) -> None:
+        filled = int(self.width * p.fraction)
+        bar = "#" * filled + "-" * (self.width - filled)
+        end = "\n" if p.tokens_done >= p.tokens_total else ""
+        print(f"\r[{bar}] {p.tokens_done}/{p.tokens_total} tokens  {p.tokens_per_s:,.0f} tok/s  ETA {p.eta_s:,.0f}s",
+              end=end, file=sys.stderr, flush=True)
+
+
+COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "ingest": cmd_ingest, "budget": cmd_budget, "bench": cmd_bench}
+BENCHES = {"speed": bench_speed}
+
+if __name__ == "__main__":
+    sys.exit(main())
