@@ -1,10 +1,10 @@
 """Bytes <-> tokens: turning a memory budget into tokens per layer.
 
-A token kept in one layer costs, per KV head: its key and value in the
-model's dtype, two float32 score accumulators, and host bookkeeping (an
-int64 position, an int32 survival count, a tenure flag). `HeapKVCache.nbytes`
-counts exactly these, so a byte budget converted here is what the heap then
-reports.
+A token kept in one layer costs, per KV head, its key and value in the
+model's dtype plus the heap's bookkeeping (score accumulators, the dead-slot
+bias, position, age, tier, rotation): `HeapKVCache.slot_bytes`. `nbytes`
+counts exactly these arrays, so a byte budget converted here is what the
+heap then reports.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from mlx.utils import tree_flatten
 
 from mlx_kv.config import HeapConfig, parse_bytes
 
-SCORE_BYTES = 2 * 4
-HOST_BYTES = 8 + 4 + 1
 AUTO_FRACTION = 0.5
 AUTO_MARGIN = 512 * 2**20
 
@@ -38,7 +36,9 @@ class KVGeometry:
     @property
     def heap_bytes_per_token_layer(self) -> int:
         """What the heap spends per kept token in one layer."""
-        return self.n_kv_heads * (2 * self.head_dim * self.itemsize + SCORE_BYTES + HOST_BYTES)
+        from mlx_kv.heap.layer import HeapKVCache
+
+        return self.n_kv_heads * HeapKVCache.slot_bytes(self.head_dim, self.itemsize)
 
 
 def kv_geometry(model: Any) -> KVGeometry:
@@ -85,7 +85,10 @@ def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = Non
         total = auto_budget_bytes(available_memory() if available is None else available)
     else:
         total = parse_bytes(config.budget)
-    per_layer = total // geometry.n_layers // geometry.heap_bytes_per_token_layer
+    from mlx_kv.heap.layer import HeapKVCache
+
+    per_token = geometry.n_kv_heads * HeapKVCache.slot_bytes(geometry.head_dim, geometry.itemsize, config.positions)
+    per_layer = total // geometry.n_layers // per_token
     minimum = config.sinks + config.window + 1
     if per_layer < minimum:
         raise ValueError(

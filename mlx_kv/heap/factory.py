@@ -39,12 +39,30 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             rank_noise=config.rank_noise,
             score_block=config.score_block,
             seed=config.seed + layer,
+            positions=config.positions,
+            rope=_layer_rope(model, layer) if config.positions == "cache" else None,
         )
         for layer, budget in enumerate(budgets)
     ]
 
 
-def load_heap_cache(path: str, return_metadata: bool = False):
-    """load_prompt_cache for files holding heap caches."""
+def _layer_rope(model: Any, layer: int) -> Any:
+    attn = getattr(model.layers[layer], "self_attn", None)
+    rope = getattr(attn, "rope", None)
+    if rope is None:
+        raise ValueError("positions: 'cache' needs the model's rope object, which this architecture does not expose")
+    return rope
+
+
+def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None):
+    """load_prompt_cache for files holding heap caches; pass the model to
+    re-attach its rope objects (needed with positions="cache")."""
     register_cache_class()
-    return mlx_cache.load_prompt_cache(path, return_metadata=return_metadata)
+    loaded = mlx_cache.load_prompt_cache(path, return_metadata=return_metadata)
+    caches = loaded[0] if return_metadata else loaded
+    if model is not None:
+        install(model)
+        for layer, cache in enumerate(caches):
+            if isinstance(cache, HeapKVCache) and cache.position_mode == "cache":
+                cache.rope = _layer_rope(model, layer)
+    return loaded

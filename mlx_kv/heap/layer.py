@@ -25,6 +25,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_kv.attention import grouped_attention
 from mlx_kv.heap.collector import collect, protected_mask
 from mlx_kv.policies import POLICIES, Policy
+from mlx_kv.positions import check_rope, ranks, shift_keys
 
 _STEP = 256
 
@@ -47,6 +48,8 @@ class HeapKVCache:
         rank_noise: float = 0.0,
         score_block: int = 256,
         seed: int = 0,
+        positions: str = "absolute",
+        rope: Any = None,
     ) -> None:
         if budget < sinks + window + 1:
             raise ValueError(
@@ -66,12 +69,18 @@ class HeapKVCache:
         self.rank_noise = float(rank_noise)
         self.score_block = int(score_block)
         self.seed = int(seed)
+        if positions not in ("absolute", "cache"):
+            raise ValueError(f"positions: must be 'absolute' or 'cache', got {positions!r}")
+        self.position_mode = positions
+        self.rope = rope
+        if positions == "cache" and rope is not None:
+            check_rope(rope)
         self._reset()
 
     def _reset(self) -> None:
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
-        self.offset = 0
+        self.tokens_seen = 0
         self.end = 0
         self.positions = np.zeros((0, 0), dtype=np.int64)
         self.tenured = np.zeros((0, 0), dtype=bool)
@@ -80,6 +89,12 @@ class HeapKVCache:
         self.seen: mx.array | None = None
         self.bias: mx.array | None = None  # (H, capacity): 0 on live slots, -inf on dead ones
         self._live = 0
+        # positions="cache": where each stored key was rotated, and its rank now
+        self._rot = np.zeros((0, 0), dtype=np.int64)
+        self._rank = np.zeros((0, 0), dtype=np.int64)
+        self._shift_mx: mx.array | None = None
+        self._shift_nonzero = False
+        self._query_base = 0
         self._free: list[np.ndarray] = []  # dead slots to reuse, one (H,) column per token
         self.last_scores = np.zeros((0, 0))
         self.evictions = 0
@@ -92,11 +107,18 @@ class HeapKVCache:
         self._rng = np.random.default_rng(self.seed)
 
     # ----------------------------------------------------------- cache protocol
+    @property
+    def offset(self) -> int:
+        """The position mlx-lm rotates the next token at: the absolute count of
+        tokens seen, or (positions="cache") the number of tokens kept."""
+        return self._live if self.position_mode == "cache" else self.tokens_seen
+
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         if keys.shape[0] != 1:
             raise ValueError("the heap supports batch size 1 only")
         n_new = keys.shape[2]
         self._reused = None
+        self._query_base = self.offset  # where mlx-lm just rotated these queries and keys
         if self.keys is None:
             self._allocate(keys, values, n_new)
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
@@ -106,7 +128,7 @@ class HeapKVCache:
             self._write_into_dead_slot(keys, values, self._free.pop())
         else:
             self._append(keys, values, n_new)
-        self.offset += n_new
+        self.tokens_seen += n_new
         return self.keys[..., : self.end, :], self.values[..., : self.end, :]
 
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
@@ -114,6 +136,7 @@ class HeapKVCache:
         n_new = queries.shape[2]
         first = None if self._reused is not None else self.end - n_new
         dead_bias = self.bias[:, : self.end] if self._live < self.end else None
+        keys = self._keys_for_attention(keys, n_new)
         observes = self.policy.observes
         if observes == "none":
             out = self._fast_attention(queries, keys, values, scale, dead_bias, n_new)
@@ -152,12 +175,13 @@ class HeapKVCache:
             mx.array(self.positions[:, :end].astype(np.int64)),
             mx.array(self.tenured[:, :end].astype(np.uint8)),
             mx.array(self.survived[:, :end]),
+            mx.array(self._rot[:, :end]),
             self._meta_json(),
         )
 
     @state.setter
     def state(self, v) -> None:
-        keys, values, acc, seen, positions, tenured, survived, meta = v
+        keys, values, acc, seen, positions, tenured, survived, rot, meta = v
         settings = json.loads(meta)
         policy_cls = POLICIES[settings.pop("policy")]
         policy_args = settings.pop("policy_args")
@@ -168,8 +192,10 @@ class HeapKVCache:
         self.positions = np.array(positions).astype(np.int64)
         self.tenured = np.array(tenured).astype(bool)
         self.survived = np.array(survived).astype(np.int32)
+        self._rot = np.array(rot).astype(np.int32)
+        self._rank = np.zeros_like(self._rot)
         self.end = self.positions.shape[1]
-        self.offset = offset
+        self.tokens_seen = offset
         self._sync_from_positions()
         for name, value in counters.items():
             setattr(self, name, value)
@@ -192,9 +218,9 @@ class HeapKVCache:
             "tenured": self.tenured_cap, "promote_after": self.promote_after,
             "major_every": self.major_every, "collect_batch": self.collect_batch,
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
-            "score_block": self.score_block, "seed": self.seed,
+            "score_block": self.score_block, "seed": self.seed, "positions": self.position_mode,
             "policy": self.policy.name, "policy_args": asdict(self.policy),
-            "offset": self.offset,
+            "offset": self.tokens_seen,
             "counters": {k: getattr(self, k) for k in (
                 "evictions", "promotions", "demotions", "compactions", "collections", "ranked")},
         })
@@ -204,11 +230,11 @@ class HeapKVCache:
 
     def trim(self, n: int) -> int:
         """Forget the last n tokens (they are young, so still present)."""
-        n = min(self.offset, n)
+        n = min(self.tokens_seen, n)
         if n <= 0 or self.keys is None:
             return 0
-        self.offset -= n
-        gone = self.positions[:, : self.end] >= self.offset
+        self.tokens_seen -= n
+        gone = self.positions[:, : self.end] >= self.tokens_seen
         self.positions[:, : self.end][gone] = -1
         self.tenured[:, : self.end][gone] = False
         self._sync_from_positions()
@@ -228,6 +254,7 @@ class HeapKVCache:
             bias = np.zeros((self.positions.shape[0], cap), np.float32)
             bias[:, : self.end][dead] = -np.inf
             self.bias = mx.array(bias)
+            self._refresh_ranks()
 
     def empty(self) -> bool:
         return self.keys is None
@@ -240,8 +267,16 @@ class HeapKVCache:
         """Bytes this layer holds: keys, values, score accumulators and the host bookkeeping."""
         if self.keys is None:
             return 0
-        device = self.keys.nbytes + self.values.nbytes + self.acc.nbytes + self.seen.nbytes
-        host = self.positions.nbytes + self.tenured.nbytes + self.survived.nbytes
+        device = sum(a.nbytes for a in (self.keys, self.values, self.acc, self.seen, self.bias, self._shift_mx)
+                     if a is not None)
+        host = sum(a.nbytes for a in (self.positions, self.tenured, self.survived, self._rot, self._rank))
+        return device + host
+
+    @staticmethod
+    def slot_bytes(head_dim: int, itemsize: int, positions: str = "absolute") -> int:
+        """Bytes one slot of one KV head costs, everything counted (see nbytes)."""
+        device = 2 * head_dim * itemsize + 3 * 4 + (4 if positions == "cache" else 0)  # K, V, acc, seen, bias, shift
+        host = 8 + 1 + 4 + 4 + 4  # position, tenure flag, survivals, rotation, rank
         return device + host
 
     # ---------------------------------------------------------------- controls
@@ -280,8 +315,8 @@ class HeapKVCache:
         pos = self.positions[:, : self.end]
         alive = pos >= 0
         sinks = alive & (pos < self.sinks)
-        young = alive & ~sinks & (pos >= self.offset - self.window)
-        old = alive & ~protected_mask(pos, self.offset, self.sinks, self.window)
+        young = alive & ~sinks & (pos >= self.tokens_seen - self.window)
+        old = alive & ~protected_mask(pos, self.tokens_seen, self.sinks, self.window)
         tenured = old & self.tenured[:, : self.end]
         return {
             "sinks": int(sinks[0].sum()) if len(pos) else 0,
@@ -313,6 +348,8 @@ class HeapKVCache:
         self.positions = np.full((H, cap), -1, dtype=np.int64)
         self.tenured = np.zeros((H, cap), dtype=bool)
         self.survived = np.zeros((H, cap), dtype=np.int32)
+        self._rot = np.zeros((H, cap), dtype=np.int32)
+        self._rank = np.zeros((H, cap), dtype=np.int32)
 
     def _capacity_for(self, needed: int) -> int:
         """Grow in steps like KVCache, but never past the budget unless a
@@ -333,6 +370,9 @@ class HeapKVCache:
         self.positions = np.concatenate([self.positions, np.full((H, extra), -1, np.int64)], axis=1)
         self.tenured = np.concatenate([self.tenured, np.zeros((H, extra), bool)], axis=1)
         self.survived = np.concatenate([self.survived, np.zeros((H, extra), np.int32)], axis=1)
+        self._rot = np.concatenate([self._rot, np.zeros((H, extra), np.int32)], axis=1)
+        self._rank = np.concatenate([self._rank, np.zeros((H, extra), np.int32)], axis=1)
+        self._shift_mx = None
 
     def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
         if self.end + n_new > self.keys.shape[2]:
@@ -346,7 +386,8 @@ class HeapKVCache:
         self.acc[:, start:stop] = 0.0
         self.seen[:, start:stop] = 0.0
         self.bias[:, start:stop] = 0.0
-        self.positions[:, start:stop] = self.offset + np.arange(n_new)
+        self.positions[:, start:stop] = self.tokens_seen + np.arange(n_new)
+        self._set_new_shift(np.s_[:, start:stop])
         self.tenured[:, start:stop] = False
         self.survived[:, start:stop] = 0
         self.end = stop
@@ -361,17 +402,56 @@ class HeapKVCache:
         self.acc[h_idx, s_idx] = 0.0
         self.seen[h_idx, s_idx] = 0.0
         self.bias[h_idx, s_idx] = 0.0
+        self.positions[heads, slots] = self.tokens_seen
+        self._set_new_shift((heads, slots))
         self._live += 1
-        self.positions[heads, slots] = self.offset
         self.tenured[heads, slots] = False
         self.survived[heads, slots] = 0
         self._reused = slots
+
+    def _set_new_shift(self, where) -> None:
+        """New tokens rank right after the kept ones; mlx-lm rotated them at
+        the query base, which differs from their rank only just after a collection."""
+        if self.position_mode != "cache":
+            return
+        n = self._rot[where].shape[-1] if isinstance(where[1], slice) else 1
+        steps = np.arange(n) if isinstance(where[1], slice) else 0
+        self._rot[where] = self._query_base + steps
+        self._rank[where] = self._live + steps
+        if self._live != self._query_base:
+            self._shift_mx = None  # a shift is now owed; rebuild before attention
+        elif self._shift_mx is not None:
+            if isinstance(where[1], slice):
+                self._shift_mx[:, where[1]] = 0
+            else:
+                self._shift_mx[mx.array(where[0]), mx.array(where[1])] = 0
+
+    def _refresh_ranks(self) -> None:
+        """After evictions every survivor's rank may drop: it is owed the difference."""
+        if self.position_mode != "cache" or self.keys is None:
+            return
+        self._rank[:, : self.end] = ranks(self.positions[:, : self.end])
+        self._shift_mx = None
+
+    def _keys_for_attention(self, keys: mx.array, n_new: int) -> mx.array:
+        if self.position_mode != "cache":
+            return keys
+        if self.rope is None:
+            raise ValueError("positions: 'cache' needs the model's rope; build the heap with make_heap_cache(model, ...)")
+        base = self._query_base - (self._live - n_new)
+        if self._shift_mx is None:
+            shift = np.where(self.positions >= 0, self._rank - self._rot, 0)
+            self._shift_nonzero = bool(shift.any())
+            self._shift_mx = mx.array(shift.astype(np.int32))
+        if base == 0 and not self._shift_nonzero:
+            return keys
+        return shift_keys(self.rope, keys, self._shift_mx[:, : self.end] + base)
 
     def _host_scores(self) -> np.ndarray:
         end = self.end
         acc = np.array(self.acc[:, :end]) if self.policy.observes != "none" else np.zeros(self.positions[:, :end].shape)
         seen = np.array(self.seen[:, :end]) if self.policy.observes != "none" else acc
-        return self.policy.scores(acc, seen, self.positions[:, :end], self.offset)
+        return self.policy.scores(acc, seen, self.positions[:, :end], self.tokens_seen)
 
     def _collect(self) -> None:
         end = self.end
@@ -383,7 +463,7 @@ class HeapKVCache:
         positions, tenured, survived = (a[:, :end] for a in (self.positions, self.tenured, self.survived))
         result = collect(
             positions, tenured, survived, scores,
-            offset=self.offset, sinks=self.sinks, window=self.window, n_evict=n_evict,
+            offset=self.tokens_seen, sinks=self.sinks, window=self.window, n_evict=n_evict,
             tenured_cap=self.tenured_cap, promote_after=self.promote_after, major=major,
         )
         self.last_scores = scores
@@ -393,6 +473,7 @@ class HeapKVCache:
             self.bias[mx.array(np.repeat(np.arange(self.bias.shape[0]), n_victims)),
                       mx.array(result.victims.reshape(-1))] = -mx.inf
             self._free.extend(result.victims[:, i] for i in range(n_victims - 1, -1, -1))
+        self._refresh_ranks()
         self.collections += 1
         self.evictions += result.victims.shape[1]
         self.promotions += result.promoted
@@ -425,6 +506,9 @@ class HeapKVCache:
         self.positions = _padded(pos[rows, order], cap, -1)
         self.tenured = _padded(self.tenured[:, :end][rows, order], cap, False)
         self.survived = _padded(self.survived[:, :end][rows, order], cap, 0)
+        self._rot = _padded(self._rot[:, :end][rows, order], cap, 0)
+        self._rank = _padded(self._rank[:, :end][rows, order], cap, 0)
+        self._shift_mx = None
         self.end = live
         self.compactions += 1
         mx.eval(self.keys, self.values, self.acc, self.seen)

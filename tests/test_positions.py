@@ -1,0 +1,91 @@
+"""positions="cache": attention equals attention recomputed with re-indexed positions."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx_lm.models.rope_utils import initialize_rope
+
+from conftest import build_model
+from mlx_kv import HeapConfig, make_heap_cache, uninstall
+from mlx_kv.heap.layer import HeapKVCache
+from mlx_kv.policies import H2O
+
+H, G, D = 2, 2, 16
+
+
+def reference(rope, q_raw, k_raw, v, kept, q_ranks, scale):
+    """softmax over the kept tokens, each rotated at its rank in the cache."""
+    outs = []
+    for h in range(H):
+        pos = kept[h]
+        keys = rope(mx.array(k_raw[pos, h])[None, None], offset=0)[0, 0]  # ranks 0..n-1
+        vals = v[pos, h]
+        rows = []
+        for i, r in enumerate(q_ranks):
+            q = rope(mx.array(q_raw[i, h])[None, :, None, :], offset=int(r))[0, :, 0]  # (G, D)
+            logits = np.array(q @ keys.T) * scale
+            logits[:, np.arange(len(pos)) > r] = -np.inf  # causal within a chunk
+            w = np.exp(logits - logits.max(-1, keepdims=True))
+            w /= w.sum(-1, keepdims=True)
+            rows.append(w @ vals)
+        outs.append(np.stack(rows, 1))  # (G, S, D)
+    return np.stack(outs).reshape(H * G, len(q_ranks), D)
+
+
+@pytest.mark.parametrize("rope", [nn.RoPE(D, base=10000.0),
+                                  initialize_rope(D, 500000.0, False,
+                                                  {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                                   "original_max_position_embeddings": 64, "rope_type": "llama3"}, 4096)],
+                         ids=["plain", "llama3"])
+def test_cache_positions_match_attention_recomputed_from_scratch(rope):
+    rng = np.random.default_rng(0)
+    T = 120
+    k_raw = rng.normal(size=(T, H, D)).astype(np.float32)
+    v = rng.normal(size=(T, H, D)).astype(np.float32)
+    q_all = rng.normal(size=(T, H, G, D)).astype(np.float32)
+    layer = HeapKVCache(24, sinks=2, window=4, policy=H2O(), positions="cache", rope=rope)
+    scale = D ** -0.5
+    t = 0
+    for n_new in [30] + [1] * 50 + [16] + [1] * 24:
+        off = layer.offset
+        q = rope(mx.array(q_all[t:t + n_new].transpose(1, 2, 0, 3).reshape(1, H * G, n_new, D)), offset=off)
+        k = rope(mx.array(k_raw[t:t + n_new].transpose(1, 0, 2)[None]), offset=off)
+        vv = mx.array(v[t:t + n_new].transpose(1, 0, 2)[None])
+        keys, values = layer.update_and_fetch(k, vv)
+        kept = layer.kept_positions()
+        out = np.array(layer.attend(q, keys, values, scale=scale))
+        n = len(kept[0])
+        q_ranks = np.arange(n - n_new, n)
+        expected = reference(rope, q_all[t:t + n_new].transpose(1, 0, 2, 3).transpose(1, 0, 2, 3)
+                             .reshape(n_new, H, G, D), k_raw, v, kept, q_ranks, scale)
+        np.testing.assert_allclose(out[0], expected, atol=2e-4, rtol=1e-3)
+        assert layer.offset == layer.live <= 24
+        t += n_new
+    assert layer.evictions > 0 and layer.tokens_seen == T
+
+
+def test_cache_positions_keep_rope_offsets_inside_the_budget_in_a_real_model():
+    model = build_model("llama")
+    cache = make_heap_cache(model, HeapConfig(budget=64, window=16, positions="cache"))
+    try:
+        tokens = np.random.default_rng(1).integers(0, 101, size=500)
+        for start in range(0, 500, 100):
+            mx.eval(model(mx.array(tokens[start:start + 100])[None], cache=cache))
+            assert all(c.offset <= 64 for c in cache)
+        for _ in range(40):
+            mx.eval(model(mx.array([[3]]), cache=cache))
+            assert all(c.offset <= 64 and c.tokens_seen > 500 for c in cache)
+    finally:
+        uninstall(model)
+
+
+def test_cache_positions_equal_absolute_when_nothing_is_evicted():
+    model = build_model("llama")
+    tokens = mx.array(np.random.default_rng(2).integers(0, 101, size=200))[None]
+    outs = []
+    for mode in ("absolute", "cache"):
+        cache = make_heap_cache(model, HeapConfig(budget=256, positions=mode))
+        outs.append(np.array(model(tokens, cache=cache)))
+        uninstall(model)
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
