@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-lengths", type=csv_list(int), default=[1024, 2048, 4096])
     p.add_argument("--grid-depths", type=csv_list(float), default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--plot", default=None, help="write the grid as a heatmap PNG (needs matplotlib)")
+
+    p = bench.add_parser("stream", help="stream N tokens with needles through a fixed budget")
+    p.add_argument("--model", default=None, help="defaults to the bundled model")
+    p.add_argument("--tokens", type=int, default=1_000_000)
+    p.add_argument("--budget", type=parse_budget, default=1024)
+    p.add_argument("--policy", default="h2o")
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--positions", choices=("absolute", "cache"), default="cache")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -251,6 +261,29 @@ def bench_niah(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_stream(args: argparse.Namespace) -> int:
+    from mlx_kv.bench.stream import stream
+    from mlx_kv.config import HeapConfig
+    from mlx_kv.models import load_model
+
+    if args.tokens < 1000:
+        raise UserError("tokens: stream at least 1000 tokens")
+    config = HeapConfig(budget=args.budget, policy=args.policy, window=args.window, positions=args.positions)
+    model, tokenizer, name = load_model(args.model)
+    if args.json:
+        emit = lambda r: print(json.dumps(r), flush=True)
+    else:
+        emit = lambda r: print(f"{r['progress']:>5.0%} {r['tokens']:>9} tokens  {r['tokens_per_s']:>8.0f} tok/s  "
+                               f"heap {r['heap_bytes'] / 2**20:7.2f} MiB  RSS {r['rss_mb']:8.1f} MB", flush=True)
+    summary = stream(model, tokenizer, tokens=args.tokens, config=config, seed=args.seed, emit=emit)
+    print(json.dumps(summary) if args.json else
+          f"{name}: {summary['tokens']} tokens, budget {summary['budget_tokens']} tokens/layer, {summary['policy']}, "
+          f"positions {summary['positions']}: RSS growth {summary['rss_growth_pct']}%, throughput "
+          f"{summary['tps_first_decile']:.0f} -> {summary['tps_last_decile']:.0f} tok/s, needles "
+          f"{summary['needles_found']}/{summary['needles_total']}")
+    return 0
+
+
 def _bench_model(spec: str | None):
     if spec and spec.startswith("random:"):
         from mlx_kv.bench.shapes import random_model
@@ -290,7 +323,7 @@ class ProgressBar:
 
 
 COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "ingest": cmd_ingest, "budget": cmd_budget, "bench": cmd_bench}
-BENCHES = {"speed": bench_speed, "niah": bench_niah}
+BENCHES = {"speed": bench_speed, "niah": bench_niah, "stream": bench_stream}
 
 if __name__ == "__main__":
     sys.exit(main())

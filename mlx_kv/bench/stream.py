@@ -1,0 +1,128 @@
+"""`mlx-kv bench stream`: a long document streamed through a fixed budget.
+
+Synthetic filler with three needles (10%, 50%, 90% depth) is generated and
+fed chunk by chunk, so neither the text nor its tokens are ever held whole.
+Every 10% of progress a record notes throughput, heap bytes and process
+RSS; at the end each needle is asked for from a copy of the heap, so the
+questions do not disturb one another. Flat memory and flat throughput are
+the point: `rss_growth_pct` compares the end with the 10% record.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any, Callable
+
+import mlx.core as mx
+import psutil
+
+from mlx_kv.attention import uninstall
+from mlx_kv.config import HeapConfig
+from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
+from mlx_kv.heap.layer import HeapKVCache
+from mlx_kv.tasks import KEYS, VALUES, _needle as needle_sentence, filler_text
+
+CHUNK = 512
+DEPTHS = (0.1, 0.5, 0.9)
+
+
+def template_parts(tokenizer: Any, question: str) -> tuple[str, str]:
+    """(text before the document, text after it up to the answer) from the chat template."""
+    marker = "\u2063DOC\u2063"
+    messages = [{"role": "document", "content": marker}, {"role": "user", "content": question}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    before, after = rendered.split(marker)
+    return before, after
+
+
+def clone_heap(cache: list, model: Any) -> list:
+    """An independent copy of a heap (state arrays are fresh slices)."""
+    clones = [HeapKVCache.from_state(c.state) for c in cache]
+    for clone, original in zip(clones, cache):
+        clone.rope = original.rope
+    return clones
+
+
+def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed: int = 0,
+           emit: Callable[[dict], None] = lambda r: None) -> dict:
+    rng = random.Random(seed)
+    needles = [(d, rng.choice(KEYS), rng.choice(VALUES)) for d in DEPTHS]
+    while len({k for _, k, _ in needles}) < len(needles):
+        needles = [(d, rng.choice(KEYS), rng.choice(VALUES)) for d in DEPTHS]
+    before, _ = template_parts(tokenizer, "?")
+    encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+    cache = make_heap_cache(model, config)
+    process = psutil.Process(os.getpid())
+    records: list[dict] = []
+    pending = encode(before)
+    fed, next_needle, next_record = 0, 0, 0.1
+    start = decile_start = time.perf_counter()
+    decile_tokens = 0
+    try:
+        while fed < tokens:
+            if next_needle < len(needles) and fed >= needles[next_needle][0] * tokens:
+                _, key, value = needles[next_needle]
+                pending += encode(" " + needle_sentence(key, value))
+                next_needle += 1
+            while len(pending) < CHUNK:
+                pending += encode(" " + filler_text(200, rng))
+            chunk, pending = pending[:CHUNK], pending[CHUNK:]
+            chunk = chunk[: max(1, tokens - fed)]
+            mx.eval(model(mx.array(chunk)[None], cache=cache)[0, -1], [c.state for c in cache])
+            fed += len(chunk)
+            decile_tokens += len(chunk)
+            if fed >= next_record * tokens - 1e-9 or fed >= tokens:
+                now = time.perf_counter()
+                mx.clear_cache()
+                record = {"progress": round(fed / tokens, 3), "tokens": fed,
+                          "tokens_per_s": round(decile_tokens / max(now - decile_start, 1e-9), 1),
+                          "heap_bytes": sum(c.nbytes for c in cache),
+                          "rss_mb": round(process.memory_info().rss / 2**20, 1),
+                          "mlx_active_mb": round(mx.get_active_memory() / 2**20, 1),
+                          "elapsed_s": round(now - start, 1)}
+                records.append(record)
+                emit(record)
+                decile_start, decile_tokens = now, 0
+                next_record += 0.1
+        found = []
+        _, after_doc = template_parts(tokenizer, "?")
+        for depth, key, value in needles:
+            _, tail = template_parts(tokenizer, f"What is the special magic number for {key} ?")
+            probe = clone_heap(cache, model)
+            answer = _ask(model, tokenizer, probe, encode(tail), 12)
+            found.append({"depth": depth, "key": key, "value": value, "answer": answer.strip(),
+                          "found": value in answer.split()})
+    finally:
+        uninstall(model)
+    first, last = records[0], records[-1]
+    tps = [r["tokens_per_s"] for r in records]
+    summary = {
+        "tokens": fed, "budget_tokens": cache[0].budget, "policy": config.policy,
+        "positions": config.positions,
+        "peak_rss_mb": max(r["rss_mb"] for r in records),
+        "rss_growth_pct": round(100.0 * (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"], 2),
+        "tps_first_decile": tps[0], "tps_last_decile": tps[-1],
+        "needles_found": sum(f["found"] for f in found), "needles_total": len(found),
+        "needles": found, "heap_bytes": last["heap_bytes"], "elapsed_s": last["elapsed_s"],
+    }
+    return summary
+
+
+def _ask(model: Any, tokenizer: Any, cache: list, prompt: list[int], limit: int) -> str:
+    from mlx_kv.attention import install
+
+    install(model)
+    eos = set(getattr(tokenizer, "eos_token_ids", None) or [])
+    logits = None
+    for i in range(0, len(prompt), CHUNK):
+        logits = model(mx.array(prompt[i:i + CHUNK])[None], cache=cache)[0, -1]
+    out = []
+    for _ in range(limit):
+        token = int(mx.argmax(logits).item())
+        if token in eos:
+            break
+        out.append(token)
+        logits = model(mx.array([[token]]), cache=cache)[0, -1]
+    return tokenizer.decode(out)
