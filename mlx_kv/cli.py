@@ -44,9 +44,16 @@ def _heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("window", "sinks") if getattr(args, k, None) is not None}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"mlx-kv: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlx-kv", description="Long-context chat on MLX inside a fixed KV memory budget.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="mlx-kv", description="Long-context chat on MLX inside a fixed KV memory budget.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("chat", help="the terminal app")
     _heap_options(p)
@@ -68,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("budget", help="show how a budget turns into tokens per layer")
     _heap_options(p)
 
-    bench = sub.add_parser("bench", help="benchmarks against mlx-lm's own caches").add_subparsers(dest="bench", required=True)
+    bench = sub.add_parser("bench", help="benchmarks against mlx-lm's own caches").add_subparsers(
+        dest="bench", required=True, parser_class=OneLineParser)
     p = bench.add_parser("speed", help="decode/prefill speed and memory vs KVCache, RotatingKVCache, QuantizedKVCache")
     p.add_argument("--model", default=None, help="model folder/hub id, or random:llama-3.2-1b[:layers=N]")
     p.add_argument("--contexts", type=csv_list(int), default=[2048, 8192, 32768])

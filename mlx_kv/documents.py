@@ -26,15 +26,23 @@ def read_document(source: str, errors: str = "strict") -> tuple[str, str]:
     if errors not in ERROR_MODES:
         raise UserError(f"errors: must be one of {', '.join(ERROR_MODES)}, got {errors!r}")
     path = Path(source).expanduser() if len(source) <= 4096 and "\n" not in source else None
-    if path is not None and path.is_file():
+    kind = _kind(path) if path is not None else None
+    if kind == "file":
         return decode_document(_read_bytes(path), path.name, errors), path.name
-    if path is not None and path.is_dir():
+    if kind == "dir":
         raise UserError(f"document: {source} is a folder, not a file")
     if looks_like_path(source):
         raise UserError(f"document: file {source} does not exist")
     if not source.strip():
         raise UserError("document: the text is empty")
     return source, "text"
+
+
+def _kind(path: Path) -> str | None:
+    try:
+        return "file" if path.is_file() else "dir" if path.is_dir() else None
+    except OSError:  # e.g. a long text that is not a valid file name
+        return None
 
 
 def _read_bytes(path: Path) -> bytes:

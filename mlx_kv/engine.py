@@ -28,8 +28,8 @@ from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, P
 from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
+from mlx_kv.session_file import read_session_payload, write_session_file
 
-SESSION_FORMAT = 1
 PREFILL_CHUNK = 512
 
 
@@ -100,12 +100,14 @@ class Session:
             token = _sample(logits, temperature)
             if token in eos:
                 break
-            yield token
-            out = self.model(mx.array([[token]]), cache=self.cache)
-            logits = out[0, -1]
+            # Feed before yielding: a caller that stops here leaves no token
+            # in the reply that the heap has not consumed.
+            logits = self.model(mx.array([[token]]), cache=self.cache)[0, -1]
             mx.async_eval(logits)
             self._token_ids.append(token)
             n += 1
+            self._last_logits = logits
+            yield token
         self._last_logits = logits
         elapsed = time.perf_counter() - start
         if n:
@@ -120,35 +122,43 @@ class Session:
         rendered = self._new_text(self._render(add_generation_prompt=False))
         tokens = self._encode(rendered)
         start = time.perf_counter()
-        done = self._prefill(tokens, rendered, cancel=cancel, progress=progress)
-        if done < len(tokens):
-            kept = self.tokenizer.decode(tokens[:done])
-            self.transcript[-1]["content"] = kept
-            self.transcript[-1]["partial"] = True
+        consumed_before = len(self._token_ids)
+        try:
+            done = self._prefill(tokens, rendered, cancel=cancel, progress=progress)
+        finally:
+            done = len(self._token_ids) - consumed_before
+            if done < len(tokens):
+                # Keep the transcript true to the heap: only the part that was read.
+                self.transcript[-1]["content"] = self.tokenizer.decode(tokens[:done])
+                self.transcript[-1]["partial"] = True
         return IngestResult(tokens=done, seconds=time.perf_counter() - start, source=name)
 
     # ------------------------------------------------------------------ prefill
     def _prefill(self, tokens: list[int], text: str, cancel: threading.Event | None,
                  progress: Callable[[IngestProgress], None] | None = None) -> int:
-        """Feed tokens in chunks; returns how many were consumed (all unless cancelled)."""
+        """Feed tokens in chunks; returns how many were consumed (all unless
+        cancelled). Whatever stops it (cancel, Ctrl-C, an error), the record of
+        what the heap consumed stays exact."""
         total, done = len(tokens), 0
         start = time.perf_counter()
-        while done < total:
-            if cancel is not None and cancel.is_set():
-                break
-            chunk = tokens[done:done + PREFILL_CHUNK]
-            out = self.model(mx.array(chunk)[None], cache=self.cache)
-            self._last_logits = out[0, -1]
-            mx.eval(self._last_logits, [c.state for c in self.cache])
-            self._token_ids.extend(chunk)
-            done += len(chunk)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            tps = done / elapsed
-            if progress is not None:
-                progress(IngestProgress(done, total, tps, (total - done) / tps if tps else 0.0))
-        if done:
-            self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
-        self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])
+        try:
+            while done < total:
+                if cancel is not None and cancel.is_set():
+                    break
+                chunk = tokens[done:done + PREFILL_CHUNK]
+                out = self.model(mx.array(chunk)[None], cache=self.cache)
+                self._last_logits = out[0, -1]
+                mx.eval(self._last_logits, [c.state for c in self.cache])
+                self._token_ids.extend(chunk)
+                done += len(chunk)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                tps = done / elapsed
+                if progress is not None:
+                    progress(IngestProgress(done, total, tps, (total - done) / tps if tps else 0.0))
+        finally:
+            if done:
+                self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
+            self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])
         return done
 
     # ---------------------------------------------------------------- rendering
@@ -189,6 +199,11 @@ class Session:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.config = config
+
+    def set_layer_budgets(self, budgets: list[int]) -> None:
+        """Per-layer token budgets, applied at once (the memory guard uses this)."""
+        for layer, tokens in zip(self.cache, budgets):
+            layer.set_budget(tokens)
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
@@ -270,53 +285,54 @@ class Session:
 
     # ------------------------------------------------------------ save/restore
     def save(self, path: str) -> None:
-        """Write heap + transcript + settings to one file, atomically."""
+        """Heap + transcript + settings in one checksummed file, written atomically."""
         from mlx_lm.models.cache import save_prompt_cache
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         meta = {
-            "format": str(SESSION_FORMAT),
             "model": self.model_spec or "",
             "model_name": self.model_name,
-            "config": json.dumps({k: v for k, v in self.config.__dict__.items()}),
+            "config": json.dumps(self.config.__dict__),
             "transcript": json.dumps(self.transcript),
             "system": self.system or "",
             "fed_text": self._fed_text,
             "token_ids": json.dumps(self._token_ids.tolist()),
         }
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_prompt_cache(tmp, self.cache, metadata=meta)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_session_file(path, lambda tmp: save_prompt_cache(tmp, self.cache, metadata=meta))
 
     @classmethod
     def restore(cls, path: str, model: Any = None, tokenizer: Any = None) -> "Session":
+        payload = read_session_payload(path)
+        fd, tmp = tempfile.mkstemp(suffix=".safetensors")
         try:
-            cache, meta = load_heap_cache(str(path), return_metadata=True)
-        except FileNotFoundError:
-            raise UserError(f"session: {path} does not exist") from None
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            if model is None:
+                meta = _peek_metadata(tmp)
+                model, tokenizer, _ = load_model(meta.get("model") or None)
+            cache, meta = load_heap_cache(tmp, return_metadata=True, model=model)
+        except UserError:
+            raise
         except Exception as exc:
-            raise UserError(f"session: {path} is not a readable session file ({type(exc).__name__})") from None
-        if meta.get("format") != str(SESSION_FORMAT):
-            raise UserError(f"session: {path} has format {meta.get('format')!r}, expected {SESSION_FORMAT}")
-        config = HeapConfig(**json.loads(meta["config"]))
-        if model is None:
-            model, tokenizer, name = load_model(meta["model"] or None)
-        else:
-            name = meta.get("model_name", "model")
-        session = cls(model, tokenizer, config, name, meta["model"] or None)
-        session.cache = cache
-        session.transcript = json.loads(meta["transcript"])
-        session.system = meta["system"] or None
-        session._fed_text = meta["fed_text"]
-        session._token_ids = array("i", json.loads(meta["token_ids"]))
+            raise UserError(f"session: {path} could not be read ({type(exc).__name__})") from None
+        finally:
+            os.unlink(tmp)
+        try:
+            config = HeapConfig(**json.loads(meta["config"]))
+            session = cls(model, tokenizer, config, meta.get("model_name", "model"), meta["model"] or None)
+            session.cache = cache
+            session.transcript = json.loads(meta["transcript"])
+            session.system = meta["system"] or None
+            session._fed_text = meta["fed_text"]
+            session._token_ids = array("i", json.loads(meta["token_ids"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"session: {path} holds incomplete session data ({exc})") from None
         session._last_logits = None
         return session
+
+
+def _peek_metadata(path: str) -> dict:
+    _, meta = mx.load(path, return_metadata=True)
+    return {k[2:]: v for k, v in meta.items() if k.startswith("0.")}
 
 
 def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, Any]) -> HeapConfig:

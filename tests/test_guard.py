@@ -1,0 +1,34 @@
+"""Memory guard: pressure tightens the heap, calm relaxes it, the session answers on."""
+
+from dataclasses import dataclass
+
+from mlx_kv.engine import Session
+from mlx_kv.guard import MemoryGuard
+
+DOC = " ".join(f"w{i % 90}" for i in range(1200))
+
+
+@dataclass
+class FakeSample:
+    pressure: str = "normal"
+    swap_out_rate: float | None = 0.0
+
+
+def test_pressure_shrinks_the_budget_and_calm_restores_it(tiny_model_dir):
+    session = Session.load(str(tiny_model_dir), budget=400, window=16)
+    session.ingest(DOC)
+    guard = MemoryGuard(session, shrink=0.5, calm_samples=3)
+    trace = []
+    samples = ([FakeSample()] + [FakeSample("warn")] + [FakeSample(swap_out_rate=50 * 2**20)]
+               + [FakeSample("critical")] * 3 + [FakeSample()] * 3)
+    for sample in samples:
+        event = guard.observe(sample)
+        trace.append((sample.pressure, session.cache[0].budget, session.cache[0].live, str(event) if event else ""))
+        assert all(layer.live <= layer.budget for layer in session.cache)
+        assert list(session.chat("w1 w2", max_tokens=3)) is not None  # answers on
+    budgets = [b for _, b, _, _ in trace]
+    assert budgets[:4] == [400, 200, 100, 50]
+    assert min(budgets) == 50  # floor: 1/8 of the user's budget
+    assert budgets[-1] == 400 and guard.events[-1].action == "relax"
+    assert "memory pressure warn" in trace[1][3] and "swapping out" in trace[2][3]
+    assert session.cache[0].keys.shape[2] <= 50 or budgets[-1] == 400
