@@ -38,10 +38,12 @@ def _heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="h2o, tova, snapkv, streaming, random")
     p.add_argument("--window", type=int, default=None, help="young generation size (tokens)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
+    p.add_argument("--positions", choices=("absolute", "cache"), default=None,
+                   help="RoPE positions: absolute, or re-indexed within the cache (default for sessions)")
 
 
 def _heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("window", "sinks") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("window", "sinks", "positions") if getattr(args, k, None) is not None}
 
 
 class OneLineParser(argparse.ArgumentParser):

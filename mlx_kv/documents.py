@@ -25,7 +25,7 @@ def read_document(source: str, errors: str = "strict") -> tuple[str, str]:
     """(text, display name) for a file path or for the text itself."""
     if errors not in ERROR_MODES:
         raise UserError(f"errors: must be one of {', '.join(ERROR_MODES)}, got {errors!r}")
-    path = Path(source).expanduser() if len(source) <= 4096 and "\n" not in source else None
+    path = _as_path(source) if len(source) <= 4096 and "\n" not in source else None
     kind = _kind(path) if path is not None else None
     if kind == "file":
         return decode_document(_read_bytes(path), path.name, errors), path.name
@@ -38,10 +38,17 @@ def read_document(source: str, errors: str = "strict") -> tuple[str, str]:
     return source, "text"
 
 
+def _as_path(source: str) -> Path:
+    try:
+        return Path(source).expanduser()
+    except RuntimeError:  # "~name" for a user that does not exist
+        return Path(source)
+
+
 def _kind(path: Path) -> str | None:
     try:
         return "file" if path.is_file() else "dir" if path.is_dir() else None
-    except OSError:  # e.g. a long text that is not a valid file name
+    except (OSError, ValueError):  # too long for a file name, or a NUL byte in it
         return None
 
 

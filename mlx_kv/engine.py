@@ -53,6 +53,7 @@ class Session:
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
              progress: Callable[[str], None] | None = None, **heap: Any) -> "Session":
+        heap.setdefault("positions", "cache")  # long chats stay inside the trained positions
         config = _heap_config(budget, policy, heap)
         mdl, tok, name = load_model(model, progress)
         try:
@@ -231,7 +232,7 @@ class Session:
     # ------------------------------------------------------------- measurements
     @property
     def tokens_seen(self) -> int:
-        return self.cache[0].offset if self.cache else 0
+        return self.cache[0].tokens_seen if self.cache else 0
 
     def heap_stats(self, n_pillars: int = 8) -> HeapStats:
         per_token = kv_geometry(self.model).heap_bytes_per_token_layer
