@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="h2o")
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--positions", choices=("absolute", "cache"), default="cache")
+    p.add_argument("--recovery", default=None, help="disk allowance for the recovery tier, e.g. 1GB (off by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     return parser
@@ -278,7 +279,8 @@ def bench_stream(args: argparse.Namespace) -> int:
 
     if args.tokens < 1000:
         raise UserError("tokens: stream at least 1000 tokens")
-    config = HeapConfig(budget=args.budget, policy=args.policy, window=args.window, positions=args.positions)
+    config = HeapConfig(budget=args.budget, policy=args.policy, window=args.window, positions=args.positions,
+                        recovery=args.recovery)
     model, tokenizer, name = load_model(args.model)
     if args.json:
         emit = lambda r: print(json.dumps(r), flush=True)

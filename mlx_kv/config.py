@@ -51,6 +51,10 @@ class HeapConfig:
         reallocated contiguously once the dead fraction passes this.
     rank_noise: std of Gaussian noise added to normalised scores before
         ranking (privacy: blurs which tokens survive); 0 disables it.
+    recovery: disk allowance ("1GB") for the recovery tier, where evicted
+        tokens spill (int8, in pages with min/max key summaries) and from
+        where a question's queries recall the `recovery_pages` best pages
+        per KV head; None (the default) keeps it off.
     """
 
     budget: int | str = 2048
@@ -67,6 +71,8 @@ class HeapConfig:
     rank_noise: float = 0.0
     score_block: int = 256
     seed: int = 0
+    recovery: int | str | None = None
+    recovery_pages: int = 4
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,8 +115,23 @@ class HeapConfig:
             raise ValueError(f"compact_threshold: must be in [0, 1], got {self.compact_threshold}")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions: must be one of {POSITIONS}, got {self.positions!r}")
+        if self.recovery is not None:
+            if isinstance(self.recovery, bool) or not isinstance(self.recovery, (int, str)):
+                raise ValueError(f"recovery: expected a disk size like '1GB', got {self.recovery!r}")
+            if isinstance(self.recovery, int) and self.recovery <= 0:
+                raise ValueError(f"recovery: must be positive, got {self.recovery}")
+            if isinstance(self.recovery, str):
+                parse_bytes(self.recovery, "recovery")
+        _positive_int("recovery_pages", self.recovery_pages)
         if not (float(self.rank_noise) >= 0.0):
             raise ValueError(f"rank_noise: must be >= 0, got {self.rank_noise}")
+
+    def recovery_settings(self) -> dict | None:
+        if self.recovery is None:
+            return None
+        max_bytes = self.recovery if isinstance(self.recovery, int) else parse_bytes(self.recovery, "recovery")
+        return {"max_bytes": max_bytes, "page_size": 64, "recall_pages": self.recovery_pages,
+                "recall_max_chunk": 256, "query_rows": 8}
 
     def make_policy(self):
         from mlx_kv.policies import POLICIES

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import re
@@ -264,6 +265,16 @@ def darwin_thermal_state() -> int | None:
     if sys.platform != "darwin":
         return None
     try:
+        reader = _darwin_thermal_reader()
+        return reader() if reader is not None else None
+    except Exception:  # noqa: BLE001 - a probe never raises
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _darwin_thermal_reader() -> Callable[[], int] | None:
+    """Resolve the Objective-C calls once; the probe runs every second."""
+    try:
         objc = ctypes.cdll.LoadLibrary(ctypes.util.find_library("objc") or "libobjc.dylib")
         ctypes.cdll.LoadLibrary(
             ctypes.util.find_library("Foundation")
@@ -284,10 +295,16 @@ def darwin_thermal_state() -> int | None:
         cls = objc.objc_getClass(b"NSProcessInfo")
         if not cls:
             return None
-        info = send_obj(cls, objc.sel_registerName(b"processInfo"))
-        if not info:
-            return None
-        return int(send_long(info, objc.sel_registerName(b"thermalState")))
+        sel_info = objc.sel_registerName(b"processInfo")
+        sel_state = objc.sel_registerName(b"thermalState")
+
+        def read() -> int:
+            info = send_obj(cls, sel_info)
+            if not info:
+                raise OSError("NSProcessInfo.processInfo returned nil")
+            return int(send_long(info, sel_state))
+
+        return read
     except Exception:  # noqa: BLE001 - a probe never raises
         return None
 

@@ -42,6 +42,7 @@ def clone_heap(cache: list, model: Any) -> list:
     clones = [HeapKVCache.from_state(c.state) for c in cache]
     for clone, original in zip(clones, cache):
         clone.rope = original.rope
+        clone.store = original.store.fork() if original.store is not None else None
     return clones
 
 
@@ -107,6 +108,11 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         "needles_found": sum(f["found"] for f in found), "needles_total": len(found),
         "needles": found, "heap_bytes": last["heap_bytes"], "elapsed_s": last["elapsed_s"],
     }
+    if cache[0].store is not None:
+        stores = [c.store.stats() for c in cache]
+        summary["recovery_disk_bytes"] = sum(s["disk_bytes"] for s in stores)
+        summary["recovery_spilled"] = sum(s["spilled"] for s in stores)
+        summary["recovery_dropped"] = sum(s["dropped"] for s in stores)
     return summary
 
 

@@ -41,6 +41,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             seed=config.seed + layer,
             positions=config.positions,
             rope=_layer_rope(model, layer) if config.positions == "cache" else None,
+            recovery=config.recovery_settings(),
         )
         for layer, budget in enumerate(budgets)
     ]

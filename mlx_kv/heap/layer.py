@@ -24,6 +24,7 @@ from mlx_lm.models.base import create_causal_mask
 
 from mlx_kv.attention import grouped_attention
 from mlx_kv.heap.collector import collect, protected_mask
+from mlx_kv.heap.recovery import RecoveryStore
 from mlx_kv.policies import POLICIES, Policy
 from mlx_kv.positions import check_rope, ranks, shift_keys
 
@@ -50,6 +51,7 @@ class HeapKVCache:
         seed: int = 0,
         positions: str = "absolute",
         rope: Any = None,
+        recovery: dict | None = None,
     ) -> None:
         if budget < sinks + window + 1:
             raise ValueError(
@@ -73,6 +75,7 @@ class HeapKVCache:
             raise ValueError(f"positions: must be 'absolute' or 'cache', got {positions!r}")
         self.position_mode = positions
         self.rope = rope
+        self.recovery = dict(recovery) if recovery else None
         if positions == "cache" and rope is not None:
             check_rope(rope)
         self._reset()
@@ -103,7 +106,9 @@ class HeapKVCache:
         self.compactions = 0
         self.collections = 0
         self.ranked = 0
+        self.recalls = 0
         self._reused: np.ndarray | None = None
+        self.store: RecoveryStore | None = None
         self._rng = np.random.default_rng(self.seed)
 
     # ----------------------------------------------------------- cache protocol
@@ -152,6 +157,8 @@ class HeapKVCache:
             self.acc[:, : self.end] = acc
             self.seen[:, : self.end] = seen
             mx.async_eval(self.acc, self.seen)
+        if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.pages:
+            self._recall(queries, n_new)
         if self.live > self.budget:
             self._collect()
         return out
@@ -219,10 +226,11 @@ class HeapKVCache:
             "major_every": self.major_every, "collect_batch": self.collect_batch,
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
             "score_block": self.score_block, "seed": self.seed, "positions": self.position_mode,
+            "recovery": self.recovery,
             "policy": self.policy.name, "policy_args": asdict(self.policy),
             "offset": self.tokens_seen,
             "counters": {k: getattr(self, k) for k in (
-                "evictions", "promotions", "demotions", "compactions", "collections", "ranked")},
+                "evictions", "promotions", "demotions", "compactions", "collections", "ranked", "recalls")},
         })
 
     def is_trimmable(self) -> bool:
@@ -350,6 +358,9 @@ class HeapKVCache:
         self.survived = np.zeros((H, cap), dtype=np.int32)
         self._rot = np.zeros((H, cap), dtype=np.int32)
         self._rank = np.zeros((H, cap), dtype=np.int32)
+        if self.recovery:
+            self.store = RecoveryStore(H, Dk, values.shape[3], page_size=self.recovery["page_size"],
+                                       max_bytes=self.recovery["max_bytes"], folder=self.recovery.get("folder"))
 
     def _capacity_for(self, needed: int) -> int:
         """Grow in steps like KVCache, but never past the budget unless a
@@ -461,6 +472,7 @@ class HeapKVCache:
         n_evict = self.live - (self.budget - self.collect_batch)
         major = (self.collections + 1) % self.major_every == 0
         positions, tenured, survived = (a[:, :end] for a in (self.positions, self.tenured, self.survived))
+        before = positions.copy() if self.store is not None else None
         result = collect(
             positions, tenured, survived, scores,
             offset=self.tokens_seen, sinks=self.sinks, window=self.window, n_evict=n_evict,
@@ -468,6 +480,8 @@ class HeapKVCache:
         )
         self.last_scores = scores
         n_victims = result.victims.shape[1]
+        if n_victims and before is not None:
+            self._spill(result.victims, before)
         if n_victims:
             self._live -= n_victims
             self.bias[mx.array(np.repeat(np.arange(self.bias.shape[0]), n_victims)),
@@ -482,6 +496,49 @@ class HeapKVCache:
         dead_fraction = 1.0 - self.live / max(1, end)
         if dead_fraction > self.compact_threshold or self.keys.shape[2] > self.budget:
             self._compact()
+
+    def _spill(self, victims: np.ndarray, positions: np.ndarray) -> None:
+        rows = np.arange(victims.shape[0])[:, None]
+        idx = mx.array(victims.astype(np.int32))[None, :, :, None]
+        keys = np.array(mx.take_along_axis(self.keys, idx, axis=2)[0].astype(mx.float32))
+        values = np.array(mx.take_along_axis(self.values, idx, axis=2)[0].astype(mx.float32))
+        self.store.spill(positions[rows, victims], self._rot[rows, victims], keys, values)
+
+    def _recall(self, queries: mx.array, n_new: int) -> None:
+        """Bring back the spilled pages this chunk's last queries may attend to."""
+        H = self.keys.shape[1]
+        rows = min(self.recovery["query_rows"], n_new)
+        q = np.array(queries[0, :, -rows:, :].astype(mx.float32))  # (Hq, rows, D)
+        q = q.reshape(H, -1, q.shape[-1])  # the query heads of each KV head's group
+        recalled = self.store.recall(q, self.recovery["recall_pages"])
+        if recalled is None:
+            return
+        scores = self._host_scores()
+        alive = self.positions[:, : self.end] >= 0
+        seed_score = float(np.nanmax(np.where(alive, scores, np.nan))) if alive.any() else 0.0
+        positions, rotated, keys, values = (np.stack(parts) for parts in zip(*recalled))
+        n = positions.shape[1]
+        if self.end + n > self.keys.shape[2]:
+            if self._live < self.end:
+                self._compact(extra=n)
+            if self.end + n > self.keys.shape[2]:
+                self._grow(self.end + n)
+        start, stop = self.end, self.end + n
+        self.keys[..., start:stop, :] = mx.array(keys[None]).astype(self.keys.dtype)
+        self.values[..., start:stop, :] = mx.array(values[None]).astype(self.values.dtype)
+        # Recalled tokens start as the best kept token, so the next collection
+        # keeps them; the queries that follow then score them for real.
+        self.acc[:, start:stop] = seed_score
+        self.seen[:, start:stop] = 1.0
+        self.bias[:, start:stop] = 0.0
+        self.positions[:, start:stop] = positions
+        self._rot[:, start:stop] = rotated
+        self.tenured[:, start:stop] = False
+        self.survived[:, start:stop] = 0
+        self.end = stop
+        self._live += n
+        self.recalls += n
+        self._refresh_ranks()
 
     def _compact(self, extra: int = 0) -> None:
         """Reallocate the live slots contiguously, in position order, per head."""
