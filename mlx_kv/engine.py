@@ -26,6 +26,7 @@ from mlx_kv.documents import read_document
 from mlx_kv.errors import UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
 from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
+from mlx_kv.information import prefill, token_information, wants_information
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
 from mlx_kv.session_file import read_session_payload, write_session_file
@@ -48,6 +49,7 @@ class Session:
         self._token_ids = array("i")
         self._prefill_tps = 0.0
         self._decode_tps = 0.0
+        self._last_logits: mx.array | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -95,6 +97,7 @@ class Session:
         logits = self._last_logits
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
         start, n = time.perf_counter(), 0
+        informed = wants_information(self.cache)
         for _ in range(max_tokens):
             if cancel is not None and cancel.is_set():
                 break
@@ -103,7 +106,12 @@ class Session:
                 break
             # Feed before yielding: a caller that stops here leaves no token
             # in the reply that the heap has not consumed.
+            previous = logits
             logits = self.model(mx.array([[token]]), cache=self.cache)[0, -1]
+            if informed:
+                surprisal, entropy = token_information(logits[None], [token], previous)
+                for layer in self.cache:
+                    layer.set_token_info(layer.tokens_seen - 1, surprisal, entropy)
             mx.async_eval(logits)
             self._token_ids.append(token)
             n += 1
@@ -140,23 +148,24 @@ class Session:
         """Feed tokens in chunks; returns how many were consumed (all unless
         cancelled). Whatever stops it (cancel, Ctrl-C, an error), the record of
         what the heap consumed stays exact."""
-        total, done = len(tokens), 0
+        total = len(tokens)
         start = time.perf_counter()
+        before = len(self._token_ids)
+
+        def after_chunk(consumed: int) -> None:
+            self._token_ids.extend(tokens[len(self._token_ids) - before:consumed])
+            if progress is not None:
+                tps = consumed / max(time.perf_counter() - start, 1e-9)
+                progress(IngestProgress(consumed, total, tps, (total - consumed) / tps if tps else 0.0))
+
         try:
-            while done < total:
-                if cancel is not None and cancel.is_set():
-                    break
-                chunk = tokens[done:done + PREFILL_CHUNK]
-                out = self.model(mx.array(chunk)[None], cache=self.cache)
-                self._last_logits = out[0, -1]
-                mx.eval(self._last_logits, [c.state for c in self.cache])
-                self._token_ids.extend(chunk)
-                done += len(chunk)
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                tps = done / elapsed
-                if progress is not None:
-                    progress(IngestProgress(done, total, tps, (total - done) / tps if tps else 0.0))
+            last, _ = prefill(self.model, self.cache, tokens, chunk=PREFILL_CHUNK, previous=self._last_logits,
+                              on_chunk=after_chunk,
+                              should_stop=(lambda: cancel.is_set()) if cancel is not None else None)
+            if last is not None:
+                self._last_logits = last
         finally:
+            done = len(self._token_ids) - before
             if done:
                 self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
             self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])

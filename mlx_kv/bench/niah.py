@@ -21,6 +21,7 @@ from mlx_lm.models.cache import KVCache
 from mlx_kv.attention import uninstall
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import make_heap_cache
+from mlx_kv.information import prefill
 from mlx_kv.tasks import answer_text, format_prompt, make_sample
 
 CHUNK = 512
@@ -80,13 +81,8 @@ class Runner:
         window = min(self.window, max(1, (budget - self.sinks) // 4))
         return make_heap_cache(self.model, HeapConfig(budget=budget, policy=policy, sinks=self.sinks, window=window))
 
-    def prefill(self, cache: list, tokens: list[int]) -> mx.array:
-        logits = None
-        for i in range(0, len(tokens), CHUNK):
-            out = self.model(mx.array(tokens[i:i + CHUNK])[None], cache=cache)
-            logits = out[0, -1]
-            mx.eval(logits)
-        return logits
+    def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None) -> mx.array:
+        return prefill(self.model, cache, tokens, chunk=CHUNK, previous=previous)[0]
 
     def answer(self, cache: list, logits: mx.array, limit: int) -> str:
         out: list[int] = []
@@ -108,8 +104,8 @@ class Runner:
         if setting == "aware" or not full.startswith(doc):
             logits = self.prefill(cache, self.encode(full))
         else:
-            self.prefill(cache, doc_tokens)
-            logits = self.prefill(cache, self.encode(full[len(doc):]))
+            logits = self.prefill(cache, doc_tokens)
+            logits = self.prefill(cache, self.encode(full[len(doc):]), previous=logits)
         prediction = self.answer(cache, logits, limit)
         return float(sample.score(prediction))
 

@@ -22,6 +22,7 @@ from mlx_kv.attention import uninstall
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
 from mlx_kv.heap.layer import HeapKVCache
+from mlx_kv.information import prefill
 from mlx_kv.tasks import KEYS, VALUES, _needle as needle_sentence, filler_text
 
 CHUNK = 512
@@ -58,7 +59,7 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
     process = psutil.Process(os.getpid())
     records: list[dict] = []
     pending = encode(before)
-    fed, next_needle, next_record = 0, 0, 0.1
+    fed, next_needle, next_record, last = 0, 0, 0.1, None
     start = decile_start = time.perf_counter()
     decile_tokens = 0
     try:
@@ -71,7 +72,7 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                 pending += encode(" " + filler_text(200, rng))
             chunk, pending = pending[:CHUNK], pending[CHUNK:]
             chunk = chunk[: max(1, tokens - fed)]
-            mx.eval(model(mx.array(chunk)[None], cache=cache)[0, -1], [c.state for c in cache])
+            last, _ = prefill(model, cache, chunk, chunk=CHUNK, previous=last)
             fed += len(chunk)
             decile_tokens += len(chunk)
             if fed >= next_record * tokens - 1e-9 or fed >= tokens:
@@ -92,7 +93,7 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         for depth, key, value in needles:
             _, tail = template_parts(tokenizer, f"What is the special magic number for {key} ?")
             probe = clone_heap(cache, model)
-            answer = _ask(model, tokenizer, probe, encode(tail), 12)
+            answer = _ask(model, tokenizer, probe, encode(tail), 12, last)
             found.append({"depth": depth, "key": key, "value": value, "answer": answer.strip(),
                           "found": value in answer.split()})
     finally:
@@ -116,14 +117,12 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
     return summary
 
 
-def _ask(model: Any, tokenizer: Any, cache: list, prompt: list[int], limit: int) -> str:
+def _ask(model: Any, tokenizer: Any, cache: list, prompt: list[int], limit: int, previous: mx.array | None) -> str:
     from mlx_kv.attention import install
 
     install(model)
     eos = set(getattr(tokenizer, "eos_token_ids", None) or [])
-    logits = None
-    for i in range(0, len(prompt), CHUNK):
-        logits = model(mx.array(prompt[i:i + CHUNK])[None], cache=cache)[0, -1]
+    logits, _ = prefill(model, cache, prompt, chunk=CHUNK, previous=previous)
     out = []
     for _ in range(limit):
         token = int(mx.argmax(logits).item())

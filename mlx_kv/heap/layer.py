@@ -109,6 +109,9 @@ class HeapKVCache:
         self.recalls = 0
         self._reused: np.ndarray | None = None
         self.store: RecoveryStore | None = None
+        self.info = np.zeros((0, 0, 0), dtype=np.float32)  # (2, H, capacity): surprisal, entropy
+        self._collect_pending = False
+        self._info_fed = False
         self._rng = np.random.default_rng(self.seed)
 
     # ----------------------------------------------------------- cache protocol
@@ -124,6 +127,10 @@ class HeapKVCache:
         n_new = keys.shape[2]
         self._reused = None
         self._query_base = self.offset  # where mlx-lm just rotated these queries and keys
+        if self._collect_pending:
+            self._collect_pending = False
+            self._collect()
+            self._query_base = self.offset
         if self.keys is None:
             self._allocate(keys, values, n_new)
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
@@ -160,7 +167,13 @@ class HeapKVCache:
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.pages:
             self._recall(queries, n_new)
         if self.live > self.budget:
-            self._collect()
+            if self.policy.uses_info and n_new > 1 and self._info_fed:
+                # The chunk's surprisal is known only once the whole model ran:
+                # collect when it arrives (set_token_info) or at the next call.
+                # (A driver that never feeds signals gets attention-only collections.)
+                self._collect_pending = True
+            else:
+                self._collect()
         return out
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
@@ -183,12 +196,13 @@ class HeapKVCache:
             mx.array(self.tenured[:, :end].astype(np.uint8)),
             mx.array(self.survived[:, :end]),
             mx.array(self._rot[:, :end]),
+            mx.array(self.info[:, :, :end]),
             self._meta_json(),
         )
 
     @state.setter
     def state(self, v) -> None:
-        keys, values, acc, seen, positions, tenured, survived, rot, meta = v
+        keys, values, acc, seen, positions, tenured, survived, rot, info, meta = v
         settings = json.loads(meta)
         policy_cls = POLICIES[settings.pop("policy")]
         policy_args = settings.pop("policy_args")
@@ -201,9 +215,14 @@ class HeapKVCache:
         self.survived = np.array(survived).astype(np.int32)
         self._rot = np.array(rot).astype(np.int32)
         self._rank = np.zeros_like(self._rot)
+        self.info = np.array(info).astype(np.float32)
         self.end = self.positions.shape[1]
         self.tokens_seen = offset
         self._sync_from_positions()
+        if self.recovery:  # spilled pages are scratch space: a restored heap starts a fresh store
+            self.store = RecoveryStore(keys.shape[1], keys.shape[3], values.shape[3],
+                                       page_size=self.recovery["page_size"], max_bytes=self.recovery["max_bytes"],
+                                       folder=self.recovery.get("folder"))
         for name, value in counters.items():
             setattr(self, name, value)
 
@@ -277,15 +296,29 @@ class HeapKVCache:
             return 0
         device = sum(a.nbytes for a in (self.keys, self.values, self.acc, self.seen, self.bias, self._shift_mx)
                      if a is not None)
-        host = sum(a.nbytes for a in (self.positions, self.tenured, self.survived, self._rot, self._rank))
+        host = sum(a.nbytes for a in (self.positions, self.tenured, self.survived, self._rot, self._rank, self.info))
         return device + host
 
     @staticmethod
     def slot_bytes(head_dim: int, itemsize: int, positions: str = "absolute") -> int:
         """Bytes one slot of one KV head costs, everything counted (see nbytes)."""
         device = 2 * head_dim * itemsize + 3 * 4 + (4 if positions == "cache" else 0)  # K, V, acc, seen, bias, shift
-        host = 8 + 1 + 4 + 4 + 4  # position, tenure flag, survivals, rotation, rank
+        host = 8 + 1 + 4 + 4 + 4 + 8  # position, tenure flag, survivals, rotation, rank, surprisal + entropy
         return device + host
+
+    def set_token_info(self, start: int, surprisal: np.ndarray, entropy: np.ndarray) -> None:
+        """Information signals for the tokens at positions start.. (see mlx_kv.information)."""
+        self._info_fed = True
+        if self.keys is None:
+            return
+        pos = self.positions[:, : self.end]
+        index = pos - start
+        hit = (index >= 0) & (index < len(surprisal))
+        self.info[0, :, : self.end][hit] = surprisal[index[hit]]
+        self.info[1, :, : self.end][hit] = entropy[index[hit]]
+        if self._collect_pending:
+            self._collect_pending = False
+            self._collect()
 
     # ---------------------------------------------------------------- controls
     def set_budget(self, budget: int) -> None:
@@ -358,6 +391,7 @@ class HeapKVCache:
         self.survived = np.zeros((H, cap), dtype=np.int32)
         self._rot = np.zeros((H, cap), dtype=np.int32)
         self._rank = np.zeros((H, cap), dtype=np.int32)
+        self.info = np.full((2, H, cap), np.nan, dtype=np.float32)
         if self.recovery:
             self.store = RecoveryStore(H, Dk, values.shape[3], page_size=self.recovery["page_size"],
                                        max_bytes=self.recovery["max_bytes"], folder=self.recovery.get("folder"))
@@ -383,6 +417,7 @@ class HeapKVCache:
         self.survived = np.concatenate([self.survived, np.zeros((H, extra), np.int32)], axis=1)
         self._rot = np.concatenate([self._rot, np.zeros((H, extra), np.int32)], axis=1)
         self._rank = np.concatenate([self._rank, np.zeros((H, extra), np.int32)], axis=1)
+        self.info = np.concatenate([self.info, np.full((2, H, extra), np.nan, np.float32)], axis=2)
         self._shift_mx = None
 
     def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
@@ -401,6 +436,7 @@ class HeapKVCache:
         self._set_new_shift(np.s_[:, start:stop])
         self.tenured[:, start:stop] = False
         self.survived[:, start:stop] = 0
+        self.info[:, :, start:stop] = np.nan
         self.end = stop
         self._live += n_new
 
@@ -418,6 +454,7 @@ class HeapKVCache:
         self._live += 1
         self.tenured[heads, slots] = False
         self.survived[heads, slots] = 0
+        self.info[:, heads, slots] = np.nan
         self._reused = slots
 
     def _set_new_shift(self, where) -> None:
@@ -462,6 +499,8 @@ class HeapKVCache:
         end = self.end
         acc = np.array(self.acc[:, :end]) if self.policy.observes != "none" else np.zeros(self.positions[:, :end].shape)
         seen = np.array(self.seen[:, :end]) if self.policy.observes != "none" else acc
+        if self.policy.uses_info:
+            return self.policy.scores(acc, seen, self.positions[:, :end], self.tokens_seen, info=self.info[:, :, :end])
         return self.policy.scores(acc, seen, self.positions[:, :end], self.tokens_seen)
 
     def _collect(self) -> None:
@@ -533,6 +572,7 @@ class HeapKVCache:
         self.bias[:, start:stop] = 0.0
         self.positions[:, start:stop] = positions
         self._rot[:, start:stop] = rotated
+        self.info[:, :, start:stop] = np.nan
         self.tenured[:, start:stop] = False
         self.survived[:, start:stop] = 0
         self.end = stop
@@ -565,6 +605,7 @@ class HeapKVCache:
         self.survived = _padded(self.survived[:, :end][rows, order], cap, 0)
         self._rot = _padded(self._rot[:, :end][rows, order], cap, 0)
         self._rank = _padded(self._rank[:, :end][rows, order], cap, 0)
+        self.info = np.stack([_padded(self.info[i, :, :end][rows, order], cap, np.nan) for i in range(2)])
         self._shift_mx = None
         self.end = live
         self.compactions += 1

@@ -5,10 +5,11 @@ from mlx_kv.policies.h2o import H2O
 from mlx_kv.policies.random import Random
 from mlx_kv.policies.snapkv import SnapKV
 from mlx_kv.policies.streaming import Streaming
+from mlx_kv.policies.surprise import Surprise
 from mlx_kv.policies.tova import TOVA
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (H2O, TOVA, SnapKV, Streaming, Random)
+    cls.name: cls for cls in (H2O, TOVA, SnapKV, Streaming, Random, Surprise)
 }
 
-__all__ = ["POLICIES", "Policy", "H2O", "TOVA", "SnapKV", "Streaming", "Random"]
+__all__ = ["POLICIES", "Policy", "H2O", "TOVA", "SnapKV", "Streaming", "Random", "Surprise"]

@@ -22,6 +22,8 @@ class Policy:
     # "all" every query of a call, "window" the last `observation_window`
     # queries, "last" only the last query, "none" no attention at all.
     observes: ClassVar[str] = "all"
+    # Whether scores() wants per-token information signals (surprisal, entropy).
+    uses_info: ClassVar[bool] = False
 
     @property
     def observation_window(self) -> int:
