@@ -75,6 +75,7 @@ def grouped_attention(
     dead_bias: mx.array | None = None,
     score_rows: tuple[int, int] = (0, 0),
     block: int = 256,
+    keep_last_row: bool = False,
 ) -> tuple[mx.array, mx.array | None, mx.array | None]:
     """Softmax attention of queries (1, Hq, S, D) over keys (1, H, L, D).
 
@@ -87,6 +88,8 @@ def grouped_attention(
     Returns the output (1, Hq, S, Dv), the weights summed over the group's
     query heads and the score rows (H, L), and how many (head, query) pairs
     could see each key (H, L). The last two are None for an empty range.
+    With keep_last_row, the last query's weights (H, G, L) are left in
+    `grouped_attention.last_row` for diagnostics.
     """
     B, n_q, S, D = queries.shape
     H, L = keys.shape[1], keys.shape[2]
@@ -108,6 +111,8 @@ def grouped_attention(
             s = s + bias
         w = mx.softmax(s, axis=-1, precise=True)
         outs.append(w.astype(v.dtype) @ v)
+        if keep_last_row and r1 == S:
+            grouped_attention.last_row = w[0, :, :, -1, :]
         lo, hi = max(a, r0), min(b, r1)
         if lo < hi:
             part = w[..., lo - r0 : hi - r0, :].sum(axis=(2, 3))[0]

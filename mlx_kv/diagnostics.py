@@ -46,3 +46,26 @@ def top_share(weights: np.ndarray, fraction: float, axis: int = -1) -> np.ndarra
     k = max(1, int(np.ceil(n * fraction)))
     part = -np.partition(-weights, k - 1, axis=axis)
     return np.take(part, np.arange(k), axis=axis).sum(axis=axis)
+
+
+def layer_report(cache: list) -> list[dict]:
+    """Per layer: sampled attention entropy and sparsity, tiers and heap activity."""
+    rows = []
+    for index, layer in enumerate(cache):
+        stats = getattr(layer, "attention_stats", {}) or {}
+        row = {"layer": index, "kept": layer.live, "budget": layer.budget, **layer.tier_counts(),
+               "evictions": layer.evictions, "promotions": layer.promotions, "compactions": layer.compactions,
+               "recalls": getattr(layer, "recalls", 0)}
+        for key in ("entropy", "top1", "top5"):
+            row[key] = float(np.array(stats[key]).mean()) if key in stats else None
+        rows.append(row)
+    return rows
+
+
+def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """KL(p || q) in nats between two next-token distributions given as logits."""
+    p = p_logits - p_logits.max()
+    q = q_logits - q_logits.max()
+    log_p = p - np.log(np.exp(p).sum())
+    log_q = q - np.log(np.exp(q).sum())
+    return float((np.exp(log_p) * (log_p - log_q)).sum())

@@ -284,6 +284,33 @@ class Session:
             out.append(Pillar(position=int(position), text=text, score=float(votes)))
         return out
 
+    def drift(self, window: int = 1024) -> dict[str, float]:
+        """Shadow sampling: the heap's next-token distribution vs a full cache's.
+
+        A sidecar KVCache re-reads the last `window` tokens (the whole session
+        when it is shorter) and predicts the next token; it never touches the
+        heap or the transcript. Cost: one prefill of `window` tokens, measured
+        and returned as `seconds`.
+        """
+        from mlx_lm.models.cache import KVCache
+
+        from mlx_kv.diagnostics import kl_divergence
+
+        if self._last_logits is None or not len(self._token_ids):
+            return {"kl": float("nan"), "top1_agree": float("nan"), "tokens": 0, "seconds": 0.0, "exact": False}
+        start = time.perf_counter()
+        ids = self._token_ids[-window:].tolist()
+        shadow = [KVCache() for _ in self.model.layers]
+        logits = None
+        for i in range(0, len(ids), PREFILL_CHUNK):
+            logits = self.model(mx.array(ids[i:i + PREFILL_CHUNK])[None], cache=shadow)[0, -1]
+            mx.eval(logits)
+        heap = np.array(self._last_logits.astype(mx.float32))
+        full = np.array(logits.astype(mx.float32))
+        return {"kl": kl_divergence(full, heap), "top1_agree": float(np.argmax(full) == np.argmax(heap)),
+                "tokens": len(ids), "seconds": time.perf_counter() - start,
+                "exact": len(ids) == len(self._token_ids)}
+
     def policy_is_blind(self) -> bool:
         return self.cache[0].policy.observes == "none"
 

@@ -76,6 +76,7 @@ class HeapKVCache:
         self.position_mode = positions
         self.rope = rope
         self.recovery = dict(recovery) if recovery else None
+        self.diagnostics_every = 16  # sample the last query's attention every N calls; 0 = never
         if positions == "cache" and rope is not None:
             check_rope(rope)
         self._reset()
@@ -112,6 +113,8 @@ class HeapKVCache:
         self.info = np.zeros((0, 0, 0), dtype=np.float32)  # (2, H, capacity): surprisal, entropy
         self._collect_pending = False
         self._info_fed = False
+        self.calls = 0
+        self.attention_stats: dict[str, mx.array] = {}  # sampled: entropy, top-1%/5% shares
         self._rng = np.random.default_rng(self.seed)
 
     # ----------------------------------------------------------- cache protocol
@@ -146,6 +149,7 @@ class HeapKVCache:
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
         """Attention over the live slots; feeds the policy; collects if over budget."""
         n_new = queries.shape[2]
+        self.calls += 1
         first = None if self._reused is not None else self.end - n_new
         dead_bias = self.bias[:, : self.end] if self._live < self.end else None
         keys = self._keys_for_attention(keys, n_new)
@@ -155,10 +159,13 @@ class HeapKVCache:
         else:
             rows = {"all": (0, n_new), "last": (n_new - 1, n_new),
                     "window": (max(0, n_new - self.policy.observation_window), n_new)}[observes]
+            sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
             out, weights, count = grouped_attention(
                 queries, keys, values, scale, first_query_slot=first,
-                dead_bias=dead_bias, score_rows=rows, block=self.score_block,
+                dead_bias=dead_bias, score_rows=rows, block=self.score_block, keep_last_row=sample,
             )
+            if sample:
+                self.attention_stats = attention_summary(grouped_attention.last_row, self._live)
             acc, seen = self.acc[:, : self.end], self.seen[:, : self.end]
             acc, seen = self.policy.accumulate(acc, seen, weights, count)
             self.acc[:, : self.end] = acc
@@ -623,6 +630,19 @@ class HeapKVCache:
                 bias = mx.where(cols[None, :] <= rows[:, None], bias, -mx.inf)
             mask = bias.astype(queries.dtype)
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+
+
+def attention_summary(weights: mx.array, live: int) -> dict[str, mx.array]:
+    """Entropy (nats) and the mass on the top 1% / 5% of live keys, per KV head,
+    averaged over the group's query heads; lazy, read when someone looks."""
+    w = weights.astype(mx.float32)
+    entropy = -(w * mx.log(mx.maximum(w, 1e-30))).sum(axis=-1).mean(axis=-1)
+    ordered = mx.sort(w, axis=-1)[..., ::-1]
+    share = {}
+    for name, fraction in (("top1", 0.01), ("top5", 0.05)):
+        k = max(1, int(np.ceil(live * fraction)))
+        share[name] = ordered[..., :k].sum(axis=-1).mean(axis=-1)
+    return {"entropy": entropy, "top1": share["top1"], "top5": share["top5"], "keys": mx.array(live)}
 
 
 def _padded(a: np.ndarray, cap: int, fill) -> np.ndarray:
