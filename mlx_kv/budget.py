@@ -77,22 +77,55 @@ def auto_budget_bytes(available: int) -> int:
 
 
 def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = None) -> list[int]:
-    """Each layer's token budget (uniform across layers)."""
-    geometry = kv_geometry(model)
-    if isinstance(config.budget, int):
-        return [config.budget] * geometry.n_layers
-    if config.budget.strip().lower() == "auto":
-        total = auto_budget_bytes(available_memory() if available is None else available)
-    else:
-        total = parse_bytes(config.budget)
+    """Each layer's token budget. The total is what a uniform split would give
+    (tokens per layer x layers, or bytes / bytes per token); `allocation`
+    only moves tokens between layers."""
     from mlx_kv.heap.layer import HeapKVCache
 
-    per_token = geometry.n_kv_heads * HeapKVCache.slot_bytes(geometry.head_dim, geometry.itemsize, config.positions)
-    per_layer = total // geometry.n_layers // per_token
+    geometry = kv_geometry(model)
     minimum = config.sinks + config.window + 1
-    if per_layer < minimum:
-        raise ValueError(
-            f"budget: {config.budget} buys {per_layer} tokens per layer, fewer than "
-            f"sinks + window + 1 = {minimum}"
-        )
-    return [int(per_layer)] * geometry.n_layers
+    if isinstance(config.budget, int):
+        total = config.budget * geometry.n_layers
+    else:
+        if config.budget.strip().lower() == "auto":
+            total_bytes = auto_budget_bytes(available_memory() if available is None else available)
+        else:
+            total_bytes = parse_bytes(config.budget)
+        per_token = geometry.n_kv_heads * HeapKVCache.slot_bytes(geometry.head_dim, geometry.itemsize, config.positions)
+        total = total_bytes // per_token
+        if total // geometry.n_layers < minimum:
+            raise ValueError(
+                f"budget: {config.budget} buys {total // geometry.n_layers} tokens per layer, fewer than "
+                f"sinks + window + 1 = {minimum}"
+            )
+    return allocate(int(total), layer_weights(config, geometry.n_layers), minimum)
+
+
+def layer_weights(config: HeapConfig, n_layers: int) -> list[float]:
+    if config.allocation == "uniform":
+        return [1.0] * n_layers
+    if config.allocation == "pyramid":
+        # PyramidKV: lower layers spread attention widely, upper ones focus it.
+        return [float(n_layers - i) + n_layers / 2 for i in range(n_layers)]
+    from mlx_kv.profile import load_profile
+
+    layers = load_profile(config.profile)["layers"]
+    if len(layers) != n_layers:
+        raise ValueError(f"profile: {config.profile} describes {len(layers)} layers, the model has {n_layers}")
+    return [max(float(layer["entropy"]), 1e-3) for layer in layers]
+
+
+def allocate(total: int, weights: list[float], minimum: int) -> list[int]:
+    """Split `total` tokens in proportion to `weights`, each layer at least
+    `minimum`; the parts add up to `total` exactly (largest remainders)."""
+    n = len(weights)
+    spare = total - minimum * n
+    if spare < 0:
+        raise ValueError(f"budget: {total} tokens cannot give {n} layers {minimum} tokens each")
+    weight_sum = sum(weights)
+    shares = [spare * w / weight_sum for w in weights]
+    parts = [int(s) for s in shares]
+    leftover = spare - sum(parts)
+    for i in sorted(range(n), key=lambda i: shares[i] - parts[i], reverse=True)[:leftover]:
+        parts[i] += 1
+    return [minimum + p for p in parts]

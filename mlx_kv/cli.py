@@ -40,10 +40,12 @@ def _heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
     p.add_argument("--positions", choices=("absolute", "cache"), default=None,
                    help="RoPE positions: absolute, or re-indexed within the cache (default for sessions)")
+    p.add_argument("--allocation", choices=("uniform", "pyramid", "entropy"), default=None,
+                   help="split of the budget across layers (entropy needs `mlx-kv profile` first)")
 
 
 def _heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("window", "sinks", "positions") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("window", "sinks", "positions", "allocation") if getattr(args, k, None) is not None}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -76,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("budget", help="show how a budget turns into tokens per layer")
     _heap_options(p)
+
+    p = sub.add_parser("profile", help="measure per-layer attention entropy and save it beside the model")
+    p.add_argument("--model", default=None)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=1024)
+    p.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="benchmarks against mlx-lm's own caches").add_subparsers(
         dest="bench", required=True, parser_class=OneLineParser)
@@ -202,6 +210,27 @@ def cmd_budget(args: argparse.Namespace) -> int:
               f"- {AUTO_MARGIN / 2**20:.0f} MiB margin = {auto_budget_bytes(available) / 2**30:.2f} GiB")
     total = per_layer[0] * g.n_layers * g.heap_bytes_per_token_layer
     print(f"budget {config.budget}: {per_layer[0]} tokens per layer, {total / 2**20:.1f} MiB in all")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from mlx_kv.models import load_model, resolve_model_path
+    from mlx_kv.profile import profile_model, profile_path, save_profile
+
+    if args.prompts < 1 or args.tokens < 64:
+        raise UserError("profile: --prompts must be >= 1 and --tokens >= 64")
+    path = resolve_model_path(args.model)
+    model, tokenizer, name = load_model(str(path))
+    profile = profile_model(model, tokenizer, prompts=args.prompts, tokens=args.tokens)
+    target = profile_path(path)
+    save_profile(profile, target)
+    if args.json:
+        print(json.dumps(profile))
+    else:
+        print(f"{'layer':>5} {'entropy':>8} {'top1%':>7} {'top5%':>7}")
+        for i, layer in enumerate(profile["layers"]):
+            print(f"{i:>5} {layer['entropy']:>8.3f} {layer['top1']:>7.1%} {layer['top5']:>7.1%}")
+    print(f"profile of {name} saved to {target}", file=sys.stderr)
     return 0
 
 
@@ -334,7 +363,8 @@ class ProgressBar:
               end=end, file=sys.stderr, flush=True)
 
 
-COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "ingest": cmd_ingest, "budget": cmd_budget, "bench": cmd_bench}
+COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "ingest": cmd_ingest, "budget": cmd_budget,
+            "profile": cmd_profile, "bench": cmd_bench}
 BENCHES = {"speed": bench_speed, "niah": bench_niah, "stream": bench_stream}
 
 if __name__ == "__main__":

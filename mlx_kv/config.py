@@ -14,6 +14,7 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 POSITIONS = ("absolute", "cache")
+ALLOCATIONS = ("uniform", "pyramid", "entropy")
 
 
 def parse_bytes(text: str, field_name: str = "budget") -> int:
@@ -55,6 +56,10 @@ class HeapConfig:
         tokens spill (int8, in pages with min/max key summaries) and from
         where a question's queries recall the `recovery_pages` best pages
         per KV head; None (the default) keeps it off.
+    allocation: how the total is split across layers: "uniform", "pyramid"
+        (more for lower layers, PyramidKV) or "entropy" (in proportion to
+        each layer's measured attention entropy; needs `profile`, the JSON
+        `mlx-kv profile` writes).
     """
 
     budget: int | str = 2048
@@ -73,6 +78,8 @@ class HeapConfig:
     seed: int = 0
     recovery: int | str | None = None
     recovery_pages: int = 4
+    allocation: str = "uniform"
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +130,10 @@ class HeapConfig:
             if isinstance(self.recovery, str):
                 parse_bytes(self.recovery, "recovery")
         _positive_int("recovery_pages", self.recovery_pages)
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation: must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "entropy" and not self.profile:
+            raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")
         if not (float(self.rank_noise) >= 0.0):
             raise ValueError(f"rank_noise: must be >= 0, got {self.rank_noise}")
 
