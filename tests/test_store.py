@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -112,9 +114,14 @@ def test_stale_temp_dirs_from_a_crash_are_ignored_and_cleaned(tmp_path):
     stale = tmp_path / "snapshots" / ".tmp-s-deadbeef"
     stale.mkdir()
     (stale / "heap.safetensors").write_bytes(b"partial")
+    fresh = tmp_path / "snapshots" / ".tmp-t-another-writer"
+    fresh.mkdir()
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
     assert st.load("s").transcript == TRANSCRIPT
     st.save("t", TRANSCRIPT, SETTINGS)
     assert not stale.exists()
+    assert fresh.exists()  # may belong to a save in progress in another instance
 
 
 def test_missing_session_is_a_clear_error(tmp_path):

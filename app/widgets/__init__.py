@@ -1,0 +1,1 @@
+"""Widgets of the app, one per file: chat, input, progress, dashboard panels."""
