@@ -94,28 +94,32 @@ def grouped_attention(
     B, n_q, S, D = queries.shape
     H, L = keys.shape[1], keys.shape[2]
     G = n_q // H
+    # Fold the group's query heads into the row axis: (B, H, G*S, D) against
+    # (B, H, L, D) needs no broadcast copy of the keys.
     q = (queries * scale).reshape(B, H, G, S, D)
-    k_t = keys.swapaxes(-1, -2)[:, :, None]
-    v = values[:, :, None]
-    bias = None if dead_bias is None else dead_bias[None, :, None, None, :]
+    k_t = keys.swapaxes(-1, -2)
+    bias = None if dead_bias is None else dead_bias[None, :, None, :]
     cols = mx.arange(L)
     a, b = score_rows
     outs, weight_sum = [], None
     for r0 in range(0, S, block):
         r1 = min(S, r0 + block)
-        s = (q[..., r0:r1, :] @ k_t).astype(mx.float32)
+        rows = r1 - r0
+        s = (q[:, :, :, r0:r1, :].reshape(B, H, G * rows, D) @ k_t).astype(mx.float32)
         if first_query_slot is not None and S > 1:
             slots = first_query_slot + mx.arange(r0, r1)
-            s = mx.where(cols[None, :] <= slots[:, None], s, -mx.inf)
+            visible = mx.tile(cols[None, :] <= slots[:, None], (G, 1))
+            s = mx.where(visible, s, -mx.inf)
         if bias is not None:
             s = s + bias
         w = mx.softmax(s, axis=-1, precise=True)
-        outs.append(w.astype(v.dtype) @ v)
+        outs.append((w.astype(values.dtype) @ values).reshape(B, H, G, rows, -1))
+        w = w.reshape(B, H, G, rows, L)
         if keep_last_row and r1 == S:
             grouped_attention.last_row = w[0, :, :, -1, :]
         lo, hi = max(a, r0), min(b, r1)
         if lo < hi:
-            part = w[..., lo - r0 : hi - r0, :].sum(axis=(2, 3))[0]
+            part = w[:, :, :, lo - r0 : hi - r0, :].sum(axis=(2, 3))[0]
             weight_sum = part if weight_sum is None else weight_sum + part
     out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=3)
     out = out.reshape(B, n_q, S, -1)

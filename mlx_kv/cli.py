@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-depths", type=csv_list(float), default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--plot", default=None, help="write the grid as a heatmap PNG (needs matplotlib)")
 
+    p = bench.add_parser("ranking", help="ranking work per collection: generational tiers vs a flat H2O")
+    p.add_argument("--model", default=None, help="model folder/hub id, or random:llama-3.2-1b[:layers=N]")
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--budget", type=int, default=1024)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--decode-tokens", type=int, default=256)
+    p.add_argument("--tenured-fractions", type=csv_list(float), default=[0.0, 0.25, 0.5, 0.75, 0.9])
+    p.add_argument("--json", action="store_true")
+
     p = bench.add_parser("stream", help="stream N tokens with needles through a fixed budget")
     p.add_argument("--model", default=None, help="defaults to the bundled model")
     p.add_argument("--tokens", type=int, default=1_000_000)
@@ -301,6 +310,23 @@ def bench_niah(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_ranking(args: argparse.Namespace) -> int:
+    from mlx_kv.bench.ranking import bench_ranking as run
+
+    model, description = _bench_model(args.model)
+    print(f"model: {description}", file=sys.stderr)
+    rows = run(model, tokens=args.tokens, budget=args.budget, window=args.window, fractions=args.tenured_fractions,
+               decode=args.decode_tokens, emit=(lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: None))
+    if not args.json:
+        print(f"{'tenured':>8} {'collections':>11} {'ranked/coll':>11} {'vs flat':>8} {'rank ms/coll':>12} "
+              f"{'collect ms/coll':>15} {'wall s':>7}")
+        for r in rows:
+            print(f"{r['tenured_fraction']:>8.0%} {r['collections']:>11} {r['ranked_per_collection']:>11.1f} "
+                  f"{r.get('ranking_work_vs_flat', float('nan')):>8.2f} {r['rank_ms_per_collection']:>12.3f} "
+                  f"{r['collect_ms_per_collection']:>15.3f} {r['wall_s']:>7.2f}")
+    return 0
+
+
 def bench_stream(args: argparse.Namespace) -> int:
     from mlx_kv.bench.stream import stream
     from mlx_kv.config import HeapConfig
@@ -365,7 +391,7 @@ class ProgressBar:
 
 COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "ingest": cmd_ingest, "budget": cmd_budget,
             "profile": cmd_profile, "bench": cmd_bench}
-BENCHES = {"speed": bench_speed, "niah": bench_niah, "stream": bench_stream}
+BENCHES = {"speed": bench_speed, "niah": bench_niah, "stream": bench_stream, "ranking": bench_ranking}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -269,9 +269,10 @@ class Session:
             tokens_kept=self.cache[0].live,
             sinks=tiers["sinks"] // n, young=tiers["young"] // n,
             intermediate=tiers["intermediate"] // n, tenured=tiers["tenured"] // n,
-            evictions=sum(layer.evictions for layer in self.cache),
-            promotions=sum(layer.promotions for layer in self.cache),
-            compactions=sum(layer.compactions for layer in self.cache),
+            # per layer (every layer sees the same tokens), averaged over layers
+            evictions=sum(layer.evictions for layer in self.cache) // n,
+            promotions=sum(layer.promotions for layer in self.cache) // n,
+            compactions=sum(layer.compactions for layer in self.cache) // n,
             layers=layers,
             pillars=self.pillars(n_pillars),
         )

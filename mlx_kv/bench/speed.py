@@ -76,6 +76,19 @@ def heap_setups(model: Any, context: int, policies: list[str], ratios: list[floa
     return out
 
 
+def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 3) -> float:
+    """This machine's streaming bandwidth (bytes/s): best of a few large copies,
+    counting the read and the write."""
+    src = np.ones(n_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n_bytes / best
+
+
 def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) -> dict[str, float]:
     mx.synchronize()
     mx.reset_peak_memory()
@@ -105,7 +118,11 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
                 baselines: list[str], decode_tokens: int, repeats: int = 3, thresholds: list[float] = (0.5,),
                 window: int = 64, sinks: int = 4, vocab: int | None = None,
                 emit: Callable[[dict], None] = print) -> list[dict]:
+    from mlx_kv.budget import weights_bytes
+
     vocab = vocab or model.args.vocab_size
+    bandwidth = copy_bandwidth()
+    weights = weights_bytes(model)
     rows = []
     for context in contexts:
         prompt = np.random.default_rng(context).integers(0, vocab, size=context)
@@ -127,6 +144,12 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
                    "decode_tokens": decode_tokens, "repeats": repeats,
                    "decode_tps": round(med["decode_tps"], 2), "prefill_tps": round(med["prefill_tps"], 1),
                    "kv_bytes": int(med["kv_bytes"]), "peak_mem_mb": round(med["peak_mem_mb"], 1)}
+            # Decoding reads every weight and every kept key/value once per token.
+            bytes_per_token = weights + med["kv_bytes"]
+            row["bytes_per_decode_token"] = int(bytes_per_token)
+            row["achieved_gbps"] = round(bytes_per_token * med["decode_tps"] / 1e9, 2)
+            row["copy_gbps"] = round(bandwidth / 1e9, 2)
+            row["fraction_of_copy_bandwidth"] = round(bytes_per_token * med["decode_tps"] / bandwidth, 3)
             if base:
                 row["decode_ratio_vs_kvcache"] = round(med["decode_tps"] / base["decode_tps"], 3)
                 row["prefill_ratio_vs_kvcache"] = round(med["prefill_tps"] / base["prefill_tps"], 3)
@@ -136,10 +159,12 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'context':>8} {'config':<28} {'decode t/s':>10} {'x kv':>6} {'prefill t/s':>11} {'x kv':>6} {'KV MB':>8} {'peak MB':>8}"
+    head = (f"{'context':>8} {'config':<28} {'decode t/s':>10} {'x kv':>6} {'prefill t/s':>11} {'x kv':>6} "
+            f"{'KV MB':>8} {'peak MB':>8} {'GB/s':>6} {'of copy':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['context']:>8} {r['config']:<28} {r['decode_tps']:>10.1f} {r.get('decode_ratio_vs_kvcache', float('nan')):>6.2f} "
                      f"{r['prefill_tps']:>11.1f} {r.get('prefill_ratio_vs_kvcache', float('nan')):>6.2f} "
-                     f"{r['kv_bytes'] / 2**20:>8.2f} {r['peak_mem_mb']:>8.1f}")
+                     f"{r['kv_bytes'] / 2**20:>8.2f} {r['peak_mem_mb']:>8.1f} {r['achieved_gbps']:>6.2f} "
+                     f"{r['fraction_of_copy_bandwidth']:>7.1%}")
     return "\n".join(lines)

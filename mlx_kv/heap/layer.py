@@ -16,6 +16,7 @@ its budget; they free `collect_batch` extra slots so the next ones are
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import mlx.core as mx
@@ -108,6 +109,8 @@ class HeapKVCache:
         self.collections = 0
         self.ranked = 0
         self.recalls = 0
+        self.collect_seconds = 0.0  # wall time in collections, waiting for scores included
+        self.rank_seconds = 0.0  # choosing victims and re-tenuring only
         self._reused: np.ndarray | None = None
         self.store: RecoveryStore | None = None
         self.info = np.zeros((0, 0, 0), dtype=np.float32)  # (2, H, capacity): surprisal, entropy
@@ -511,6 +514,13 @@ class HeapKVCache:
         return self.policy.scores(acc, seen, self.positions[:, :end], self.tokens_seen)
 
     def _collect(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._collect_inner()
+        finally:
+            self.collect_seconds += time.perf_counter() - started
+
+    def _collect_inner(self) -> None:
         end = self.end
         scores = self._host_scores()
         if self.rank_noise > 0:
@@ -519,11 +529,13 @@ class HeapKVCache:
         major = (self.collections + 1) % self.major_every == 0
         positions, tenured, survived = (a[:, :end] for a in (self.positions, self.tenured, self.survived))
         before = positions.copy() if self.store is not None else None
+        ranking_started = time.perf_counter()
         result = collect(
             positions, tenured, survived, scores,
             offset=self.tokens_seen, sinks=self.sinks, window=self.window, n_evict=n_evict,
             tenured_cap=self.tenured_cap, promote_after=self.promote_after, major=major,
         )
+        self.rank_seconds += time.perf_counter() - ranking_started
         self.last_scores = scores
         n_victims = result.victims.shape[1]
         if n_victims and before is not None:
