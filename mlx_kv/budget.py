@@ -35,10 +35,13 @@ class KVGeometry:
 
     @property
     def heap_bytes_per_token_layer(self) -> int:
-        """What the heap spends per kept token in one layer."""
+        """What the heap spends per kept token in one layer (absolute positions)."""
+        return self.heap_bytes_per_token(positions="absolute")
+
+    def heap_bytes_per_token(self, positions: str = "absolute") -> int:
         from mlx_kv.heap.layer import HeapKVCache
 
-        return self.n_kv_heads * HeapKVCache.slot_bytes(self.head_dim, self.itemsize)
+        return self.n_kv_heads * HeapKVCache.slot_bytes(self.head_dim, self.itemsize, positions)
 
 
 def kv_geometry(model: Any) -> KVGeometry:
@@ -80,8 +83,6 @@ def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = Non
     """Each layer's token budget. The total is what a uniform split would give
     (tokens per layer x layers, or bytes / bytes per token); `allocation`
     only moves tokens between layers."""
-    from mlx_kv.heap.layer import HeapKVCache
-
     geometry = kv_geometry(model)
     minimum = config.sinks + config.window + 1
     if isinstance(config.budget, int):
@@ -91,8 +92,7 @@ def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = Non
             total_bytes = auto_budget_bytes(available_memory() if available is None else available)
         else:
             total_bytes = parse_bytes(config.budget)
-        per_token = geometry.n_kv_heads * HeapKVCache.slot_bytes(geometry.head_dim, geometry.itemsize, config.positions)
-        total = total_bytes // per_token
+        total = total_bytes // geometry.heap_bytes_per_token(config.positions)
         if total // geometry.n_layers < minimum:
             raise ValueError(
                 f"budget: {config.budget} buys {total // geometry.n_layers} tokens per layer, fewer than "

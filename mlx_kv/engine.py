@@ -252,7 +252,7 @@ class Session:
         return self.cache[0].tokens_seen if self.cache else 0
 
     def heap_stats(self, n_pillars: int = 8) -> HeapStats:
-        per_token = kv_geometry(self.model).heap_bytes_per_token_layer
+        per_token = kv_geometry(self.model).heap_bytes_per_token(self.config.positions)
         tiers = {"sinks": 0, "young": 0, "intermediate": 0, "tenured": 0}
         layers = []
         for layer in self.cache:

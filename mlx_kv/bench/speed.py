@@ -129,6 +129,7 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
         setups = baseline_setups(model, context, baselines, ratios, sinks)
         setups += heap_setups(model, context, policies, ratios, list(thresholds), decode_tokens, window)
         runs: dict[str, list[dict]] = {s.name: [] for s in setups}
+        run_once(model, setups[0].make(), prompt[: min(len(prompt), 1024)], 8)  # warm-up, not recorded
         for _ in range(repeats):
             for setup in setups:
                 cache = setup.make()
