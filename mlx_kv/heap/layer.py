@@ -430,12 +430,16 @@ class HeapKVCache:
         self.info = np.concatenate([self.info, np.full((2, H, extra), np.nan, np.float32)], axis=2)
         self._shift_mx = None
 
-    def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
-        if self.end + n_new > self.keys.shape[2]:
+    def _make_room(self, n: int) -> None:
+        """Room for n more slots at the end: reclaim dead slots first, then grow."""
+        if self.end + n > self.keys.shape[2]:
             if self._live < self.end:
-                self._compact(extra=n_new)
-            if self.end + n_new > self.keys.shape[2]:
-                self._grow(self.end + n_new)
+                self._compact(extra=n)
+            if self.end + n > self.keys.shape[2]:
+                self._grow(self.end + n)
+
+    def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
+        self._make_room(n_new)
         start, stop = self.end, self.end + n_new
         self.keys[..., start:stop, :] = keys
         self.values[..., start:stop, :] = values
@@ -576,11 +580,7 @@ class HeapKVCache:
         seed_score = float(np.nanmax(np.where(alive, scores, np.nan))) if alive.any() else 0.0
         positions, rotated, keys, values = (np.stack(parts) for parts in zip(*recalled))
         n = positions.shape[1]
-        if self.end + n > self.keys.shape[2]:
-            if self._live < self.end:
-                self._compact(extra=n)
-            if self.end + n > self.keys.shape[2]:
-                self._grow(self.end + n)
+        self._make_room(n)
         start, stop = self.end, self.end + n
         self.keys[..., start:stop, :] = mx.array(keys[None]).astype(self.keys.dtype)
         self.values[..., start:stop, :] = mx.array(values[None]).astype(self.values.dtype)
