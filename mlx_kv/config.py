@@ -48,8 +48,11 @@ class HeapConfig:
     collect_batch: extra tokens freed per collection so that decoding collects
         once per batch instead of every step; None picks budget/32 (1..64).
     policy: name of the scoring policy; policy_args its parameters.
-    compact_threshold: evicted slots are masked and reused; the arrays are
-        reallocated contiguously once the dead fraction passes this.
+    compact_threshold: evicted slots are masked (and reused by decode tokens)
+        until the dead fraction passes this; then the arrays are reallocated
+        contiguously. 0.0 compacts at every collection, the faster choice
+        measured here (8k context, 25% budget: 239 vs 186 decode tokens/s
+        with 0.5; `mlx-kv bench speed --compact-thresholds 0.5,0`).
     rank_noise: std of Gaussian noise added to normalised scores before
         ranking (privacy: blurs which tokens survive); 0 disables it.
     recovery: disk allowance ("1GB") for the recovery tier, where evicted
@@ -71,7 +74,7 @@ class HeapConfig:
     collect_batch: int | None = None
     policy: str = "h2o"
     policy_args: dict[str, Any] = field(default_factory=dict)
-    compact_threshold: float = 0.5
+    compact_threshold: float = 0.0
     positions: str = "absolute"
     rank_noise: float = 0.0
     score_block: int = 256
