@@ -56,13 +56,40 @@ def _download(repo_id: str, progress: Callable[[str], None] | None) -> Path:
         progress(f"fetching {repo_id} from the Hugging Face hub")
     patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        kwargs = {"tqdm_class": progress_tqdm(repo_id, progress)} if progress else {}
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, **kwargs))
     except (RepositoryNotFoundError, GatedRepoError):
         raise UserError(f"model: hub id {repo_id} was not found (or needs access rights)") from None
     except LocalEntryNotFoundError:
         raise UserError(f"model: {repo_id} is not in the local cache and the hub cannot be reached (offline?)") from None
     except Exception as exc:  # network errors come in many classes
         raise UserError(f"model: could not download {repo_id}: {type(exc).__name__}: {exc}") from None
+
+
+def progress_tqdm(repo_id: str, progress: Callable[[str], None]):
+    """A tqdm class that reports download progress as one-line messages
+    (every 10%), so the CLI and the TUI can show it without a terminal bar."""
+    from tqdm.auto import tqdm
+
+    class Reporter(tqdm):
+        def __init__(self, *args, **kwargs):
+            self._unit = kwargs.get("unit", "it")
+            kwargs["disable"] = True  # no terminal bar; we report instead
+            super().__init__(*args, **kwargs)
+            self._reported = -1
+
+        def update(self, n=1):
+            self.n += n or 0
+            total = self.total or 0
+            if total > 1:
+                tenth = int(10 * self.n / total)
+                if tenth != self._reported:
+                    self._reported = tenth
+                    size = f"{total / 2**20:.1f} MiB" if self._unit == "B" else f"{total} files"
+                    progress(f"downloading {repo_id}: {min(100, 10 * tenth)}% of {size}")
+            return True
+
+    return Reporter
 
 
 def check_model_folder(path: Path) -> dict[str, Any]:

@@ -88,3 +88,14 @@ def test_bad_settings_are_user_errors(tiny_model_dir, session):
     assert all(layer.live <= 48 and layer.keys.shape[2] <= 48 for layer in session.cache)
     session.set_policy("tova")
     assert list(session.chat("w3", max_tokens=3))
+
+
+def test_hub_download_progress_is_reported_in_tenths():
+    from mlx_kv.models import progress_tqdm
+
+    messages = []
+    bar = progress_tqdm("org/model", messages.append)(total=50 * 2**20, unit="B")
+    for _ in range(25):
+        bar.update(2 * 2**20)
+    assert messages[0] == "downloading org/model: 0% of 50.0 MiB"
+    assert messages[-1] == "downloading org/model: 100% of 50.0 MiB" and len(messages) == 11
