@@ -168,7 +168,8 @@ class HeapKVCache:
             sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
             out, weights, count = grouped_attention(
                 queries, keys, values, scale, first_query_slot=first,
-                dead_bias=dead_bias, score_rows=rows, block=self.score_block, keep_last_row=sample,
+                dead_bias=dead_bias, score_rows=rows, block=self._query_block(queries.shape[1]),
+                keep_last_row=sample,
             )
             if sample:
                 self.attention_stats = attention_summary(grouped_attention.last_row, self._live)
@@ -432,6 +433,12 @@ class HeapKVCache:
         self._rank = np.concatenate([self._rank, np.zeros((H, extra), np.int32)], axis=1)
         self.info = np.concatenate([self.info, np.full((2, H, extra), np.nan, np.float32)], axis=2)
         self._shift_mx = None
+
+    def _query_block(self, n_query_heads: int) -> int:
+        """Rows of queries per attention block: at most score_block, and few
+        enough that one block's weights stay near 16M floats (64 MB) however
+        long the context."""
+        return max(16, min(self.score_block, (1 << 24) // max(1, n_query_heads * self.end)))
 
     def _make_room(self, n: int) -> None:
         """Room for n more slots at the end: reclaim dead slots first, then grow."""
