@@ -226,7 +226,7 @@ class Session:
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
             raise UserError(f"policy: unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
-        self.config = _heap_config(self.config.budget, name, self._heap_kwargs())
+        self.config = _heap_config(self.config.budget, name, self._heap_kwargs(keep_policy_args=False))
         for layer in self.cache:
             layer.set_policy(self.config.make_policy())
 
@@ -239,10 +239,12 @@ class Session:
         self._token_ids = array("i")
         self.cache = make_heap_cache(self.model, self.config)
 
-    def _heap_kwargs(self) -> dict[str, Any]:
+    def _heap_kwargs(self, keep_policy_args: bool = True) -> dict[str, Any]:
+        """The current settings but budget and policy; a new policy starts from
+        its own defaults, since the old one's arguments may not apply to it."""
         fields = dict(self.config.__dict__)
         fields.pop("budget"), fields.pop("policy")
-        if fields.get("policy_args") and self.config.policy != fields.get("policy"):
+        if not keep_policy_args:
             fields["policy_args"] = {}
         return fields
 

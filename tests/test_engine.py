@@ -99,3 +99,13 @@ def test_hub_download_progress_is_reported_in_tenths():
         bar.update(2 * 2**20)
     assert messages[0] == "downloading org/model: 0% of 50.0 MiB"
     assert messages[-1] == "downloading org/model: 100% of 50.0 MiB" and len(messages) == 11
+
+
+def test_a_new_budget_keeps_the_policy_arguments_and_a_new_policy_drops_them(tiny_model_dir):
+    session = Session.load(str(tiny_model_dir), budget=96, window=16, policy="surprise",
+                           policy_args={"alpha": 1.0})
+    session.set_budget(80)
+    assert session.config.policy_args == {"alpha": 1.0}
+    assert session.cache[0].policy.alpha == 1.0
+    session.set_policy("h2o")
+    assert session.config.policy_args == {}
