@@ -265,7 +265,6 @@ def bench_speed(args: argparse.Namespace) -> int:
         baselines=args.baselines, decode_tokens=args.decode_tokens, repeats=args.repeats,
         thresholds=args.compact_thresholds, window=args.window, emit=emit)
     if not args.json:
-        from mlx_kv.bench.speed import format_table
         print(format_table(rows))
     return 0
 

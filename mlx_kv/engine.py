@@ -311,11 +311,7 @@ class Session:
             return {"kl": float("nan"), "top1_agree": float("nan"), "tokens": 0, "seconds": 0.0, "exact": False}
         start = time.perf_counter()
         ids = self._token_ids[-window:].tolist()
-        shadow = [KVCache() for _ in self.model.layers]
-        logits = None
-        for i in range(0, len(ids), PREFILL_CHUNK):
-            logits = self.model(mx.array(ids[i:i + PREFILL_CHUNK])[None], cache=shadow)[0, -1]
-            mx.eval(logits)
+        logits, _ = prefill(self.model, [KVCache() for _ in self.model.layers], ids, chunk=PREFILL_CHUNK)
         heap = np.array(self._last_logits.astype(mx.float32))
         full = np.array(logits.astype(mx.float32))
         return {"kl": kl_divergence(full, heap), "top1_agree": float(np.argmax(full) == np.argmax(heap)),

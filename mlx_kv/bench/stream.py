@@ -22,6 +22,7 @@ from mlx_kv.attention import uninstall
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
 from mlx_kv.heap.layer import HeapKVCache
+from mlx_kv.bench.niah import Runner
 from mlx_kv.information import prefill
 from mlx_kv.tasks import KEYS, VALUES, _needle as needle_sentence, filler_text
 
@@ -38,7 +39,7 @@ def template_parts(tokenizer: Any, question: str) -> tuple[str, str]:
     return before, after
 
 
-def clone_heap(cache: list, model: Any) -> list:
+def clone_heap(cache: list) -> list:
     """An independent copy of a heap (state arrays are fresh slices)."""
     clones = [HeapKVCache.from_state(c.state) for c in cache]
     for clone, original in zip(clones, cache):
@@ -89,11 +90,11 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                 decile_start, decile_tokens = now, 0
                 next_record += 0.1
         found = []
-        _, after_doc = template_parts(tokenizer, "?")
+        runner = Runner(model, tokenizer)
         for depth, key, value in needles:
             _, tail = template_parts(tokenizer, f"What is the special magic number for {key} ?")
-            probe = clone_heap(cache, model)
-            answer = _ask(model, tokenizer, probe, encode(tail), 12, last)
+            probe = clone_heap(cache)
+            answer = runner.answer(probe, runner.prefill(probe, encode(tail), previous=last), 12)
             found.append({"depth": depth, "key": key, "value": value, "answer": answer.strip(),
                           "found": value in answer.split()})
     finally:
@@ -115,19 +116,3 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         summary["recovery_spilled"] = sum(s["spilled"] for s in stores)
         summary["recovery_dropped"] = sum(s["dropped"] for s in stores)
     return summary
-
-
-def _ask(model: Any, tokenizer: Any, cache: list, prompt: list[int], limit: int, previous: mx.array | None) -> str:
-    from mlx_kv.attention import install
-
-    install(model)
-    eos = set(getattr(tokenizer, "eos_token_ids", None) or [])
-    logits, _ = prefill(model, cache, prompt, chunk=CHUNK, previous=previous)
-    out = []
-    for _ in range(limit):
-        token = int(mx.argmax(logits).item())
-        if token in eos:
-            break
-        out.append(token)
-        logits = model(mx.array([[token]]), cache=cache)[0, -1]
-    return tokenizer.decode(out)

@@ -98,8 +98,8 @@ class HeapKVCache:
         self.bias: mx.array | None = None  # (H, capacity): 0 on live slots, -inf on dead ones
         self._live = 0
         # positions="cache": where each stored key was rotated, and its rank now
-        self._rot = np.zeros((0, 0), dtype=np.int64)
-        self._rank = np.zeros((0, 0), dtype=np.int64)
+        self._rot = np.zeros((0, 0), dtype=np.int32)
+        self._rank = np.zeros((0, 0), dtype=np.int32)
         self._shift_mx: mx.array | None = None
         self._shift_nonzero = False
         self._query_base = 0
