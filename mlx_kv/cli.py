@@ -42,10 +42,12 @@ def _heap_options(p: argparse.ArgumentParser) -> None:
                    help="RoPE positions: absolute, or re-indexed within the cache (default for sessions)")
     p.add_argument("--allocation", choices=("uniform", "pyramid", "entropy"), default=None,
                    help="split of the budget across layers (entropy needs `mlx-kv profile` first)")
+    p.add_argument("--cold-bits", type=int, choices=(4, 8), default=None,
+                   help="store the intermediate tier at 4 or 8 bits (off by default)")
 
 
 def _heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("window", "sinks", "positions", "allocation") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("window", "sinks", "positions", "allocation", "cold_bits") if getattr(args, k, None) is not None}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--positions", choices=("absolute", "cache"), default="cache")
     p.add_argument("--recovery", default=None, help="disk allowance for the recovery tier, e.g. 1GB (off by default)")
+    p.add_argument("--cold-bits", type=int, choices=(4, 8), default=None,
+                   help="store the intermediate tier at 4 or 8 bits (off by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     return parser
@@ -279,8 +283,15 @@ def bench_niah(args: argparse.Namespace) -> int:
         if task not in TASKS:
             raise UserError(f"tasks: unknown task {task!r}; choose from {', '.join(TASKS)}")
     for policy in args.policies:
-        if policy != "full" and policy not in POLICIES:
-            raise UserError(f"policies: unknown policy {policy!r}; choose from full, {', '.join(POLICIES)}")
+        if policy == "full":
+            continue
+        try:
+            name, _ = niah.parse_policy(policy)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if name not in POLICIES:
+            raise UserError(f"policies: unknown policy {name!r}; choose from full, {', '.join(POLICIES)}"
+                            " (variants: +q4, +q8, +noiseX)")
     for r in args.ratios:
         if not 0.0 <= r < 1.0:
             raise UserError(f"ratios: {r} is not a fraction in [0, 1)")
@@ -334,7 +345,7 @@ def bench_stream(args: argparse.Namespace) -> int:
     if args.tokens < 1000:
         raise UserError("tokens: stream at least 1000 tokens")
     config = HeapConfig(budget=args.budget, policy=args.policy, window=args.window, positions=args.positions,
-                        recovery=args.recovery)
+                        recovery=args.recovery, cold_bits=args.cold_bits)
     model, tokenizer, name = load_model(args.model)
     if args.json:
         emit = lambda r: print(json.dumps(r), flush=True)

@@ -59,6 +59,9 @@ class HeapConfig:
         tokens spill (int8, in pages with min/max key summaries) and from
         where a question's queries recall the `recovery_pages` best pages
         per KV head; None (the default) keeps it off.
+    cold_bits: store the intermediate tier at 8 or 4 bits (per-token affine
+        quantization, see mlx_kv.heap.cold); None keeps every token at the
+        model's dtype. Tenured tokens, sinks and the young window always do.
     allocation: how the total is split across layers: "uniform", "pyramid"
         (more for lower layers, PyramidKV) or "entropy" (in proportion to
         each layer's measured attention entropy; needs `profile`, the JSON
@@ -83,6 +86,7 @@ class HeapConfig:
     recovery_pages: int = 4
     allocation: str = "uniform"
     profile: str | None = None
+    cold_bits: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,6 +141,8 @@ class HeapConfig:
             raise ValueError(f"allocation: must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.allocation == "entropy" and not self.profile:
             raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")
+        if self.cold_bits is not None and (isinstance(self.cold_bits, bool) or self.cold_bits not in (4, 8)):
+            raise ValueError(f"cold_bits: must be 4, 8 or None, got {self.cold_bits!r}")
         if not (float(self.rank_noise) >= 0.0):
             raise ValueError(f"rank_noise: must be >= 0, got {self.rank_noise}")
 

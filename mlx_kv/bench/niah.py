@@ -7,6 +7,10 @@ agnostic: the document is prefilled and compressed first; the question
     asks about it.
 `full` is mlx-lm's KVCache: the reference every ratio is compared with.
 A prune ratio r keeps (1 - r) of the document's tokens per layer.
+A heap policy name takes variants after `+`: `h2o+q4` / `h2o+q8` store the
+intermediate tier at 4 / 8 bits (HeapConfig.cold_bits), `h2o+noise0.05`
+ranks with that much rank_noise; `kv_bytes` is the cache's mean nbytes
+when the answer starts, so variants compare memory and accuracy together.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Cell:
     context_tokens: int
     trials: int
     correct: float
+    kv_bytes: float = 0.0
 
     @property
     def accuracy(self) -> float:
@@ -46,7 +51,8 @@ class Cell:
         lo, hi = wilson_interval(self.correct, self.trials)
         return {"task": self.task, "policy": self.policy, "prune_ratio": self.prune_ratio,
                 "setting": self.setting, "context_tokens": self.context_tokens, "trials": self.trials,
-                "accuracy": round(self.accuracy, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4)}
+                "accuracy": round(self.accuracy, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                "kv_bytes": int(self.kv_bytes)}
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -79,7 +85,9 @@ class Runner:
         if policy == "full":
             return [KVCache() for _ in self.model.layers]
         window = min(self.window, max(1, (budget - self.sinks) // 4))
-        return make_heap_cache(self.model, HeapConfig(budget=budget, policy=policy, sinks=self.sinks, window=window))
+        name, variants = parse_policy(policy)
+        return make_heap_cache(self.model, HeapConfig(budget=budget, policy=name, sinks=self.sinks, window=window,
+                                                      **variants))
 
     def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None) -> mx.array:
         return prefill(self.model, cache, tokens, chunk=CHUNK, previous=previous)[0]
@@ -106,6 +114,7 @@ class Runner:
         else:
             logits = self.prefill(cache, doc_tokens)
             logits = self.prefill(cache, self.encode(full[len(doc):]), previous=logits)
+        self.last_kv_bytes = sum(c.nbytes for c in cache)
         prediction = self.answer(cache, logits, limit)
         return float(sample.score(prediction))
 
@@ -125,13 +134,33 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
             for setting in settings:
                 for policy in policies:
                     for ratio in ([0.0] if policy == "full" else ratios):
-                        correct = sum(runner.trial(s, policy, ratio, setting) for s in samples)
-                        cell = Cell(task, policy, ratio, setting, context, trials, correct)
+                        correct, kv_bytes = 0.0, 0
+                        for s in samples:
+                            correct += runner.trial(s, policy, ratio, setting)
+                            kv_bytes += runner.last_kv_bytes
+                        cell = Cell(task, policy, ratio, setting, context, trials, correct, kv_bytes / max(1, trials))
                         cells.append(cell)
                         emit(cell)
     finally:
         uninstall(model)
     return cells
+
+
+def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
+    """`h2o+q4+noise0.05` -> ("h2o", {"cold_bits": 4, "rank_noise": 0.05})."""
+    name, *variants = policy.split("+")
+    settings: dict[str, Any] = {}
+    for variant in variants:
+        if variant in ("q4", "q8"):
+            settings["cold_bits"] = int(variant[1:])
+        elif variant.startswith("noise"):
+            try:
+                settings["rank_noise"] = float(variant[len("noise"):])
+            except ValueError:
+                raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
+        else:
+            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8 or +noiseX")
+    return name, settings
 
 
 def _depth(i: int, trials: int, depths: Iterable[float] | None) -> float:

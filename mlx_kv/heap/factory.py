@@ -42,6 +42,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             positions=config.positions,
             rope=_layer_rope(model, layer) if config.positions == "cache" else None,
             recovery=config.recovery_settings(),
+            cold_bits=config.cold_bits,
         )
         for layer, budget in enumerate(budgets)
     ]

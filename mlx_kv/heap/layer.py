@@ -27,6 +27,7 @@ import numpy as np
 from mlx_lm.models.base import create_causal_mask
 
 from mlx_kv.attention import grouped_attention
+from mlx_kv.heap.cold import ColdTier
 from mlx_kv.heap.collector import collect, protected_mask
 from mlx_kv.heap.recovery import RecoveryStore
 from mlx_kv.policies import POLICIES, Policy
@@ -56,6 +57,7 @@ class HeapKVCache:
         positions: str = "absolute",
         rope: Any = None,
         recovery: dict | None = None,
+        cold_bits: int | None = None,
     ) -> None:
         if budget < sinks + window + 1:
             raise ValueError(
@@ -80,6 +82,10 @@ class HeapKVCache:
         self.position_mode = positions
         self.rope = rope
         self.recovery = dict(recovery) if recovery else None
+        if cold_bits is not None:
+            ColdTier(cold_bits)  # validates
+            self.compact_threshold = 0.0  # the cold tier is rebuilt at compactions, so compact at each one
+        self.cold_bits = cold_bits
         self.diagnostics_every = 16  # sample the last query's attention every N calls; 0 = never
         if positions == "cache" and rope is not None:
             check_rope(rope)
@@ -117,6 +123,9 @@ class HeapKVCache:
         self._reused: np.ndarray | None = None
         self.store: RecoveryStore | None = None
         self.info = np.zeros((0, 0, 0), dtype=np.float32)  # (2, H, capacity): surprisal, entropy
+        # slots [0, _hot0) are the cold tier (quantized); self.keys/values hold slots _hot0..
+        self.cold = ColdTier(self.cold_bits) if self.cold_bits else None
+        self._hot0 = 0
         self._collect_pending = False
         self._info_fed = False
         self.calls = 0
@@ -145,12 +154,25 @@ class HeapKVCache:
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
             # Full: collect on the scores gathered so far, before the token lands.
             self._collect()
-        if n_new == 1 and self._free:
+        if n_new == 1 and self._free and self.cold is None:
             self._write_into_dead_slot(keys, values, self._free.pop())
         else:
             self._append(keys, values, n_new)
         self.tokens_seen += n_new
-        return self.keys[..., : self.end, :], self.values[..., : self.end, :]
+        return self._full_kv()
+
+    def _full_kv(self) -> tuple[mx.array, mx.array]:
+        """Keys and values of slots [0, end): the cold tier dequantized, then the hot slots."""
+        hot_k = self.keys[..., : self.end - self._hot0, :]
+        hot_v = self.values[..., : self.end - self._hot0, :]
+        if not self._hot0:
+            return hot_k, hot_v
+        cold_k, cold_v = self.cold.dequantized()
+        return mx.concatenate([cold_k, hot_k], axis=2), mx.concatenate([cold_v, hot_v], axis=2)
+
+    @property
+    def _capacity(self) -> int:
+        return self._hot0 + self.keys.shape[2]
 
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
         """Attention over the live slots; feeds the policy; collects if over budget."""
@@ -203,8 +225,9 @@ class HeapKVCache:
         if self.keys is None:
             return []
         end = self.end
+        keys, values = self._full_kv()
         return (
-            self.keys[..., :end, :], self.values[..., :end, :],
+            keys, values,
             self.acc[:, :end], self.seen[:, :end],
             mx.array(self.positions[:, :end].astype(np.int64)),
             mx.array(self.tenured[:, :end].astype(np.uint8)),
@@ -239,6 +262,11 @@ class HeapKVCache:
                                        folder=self.recovery.get("folder"))
         for name, value in counters.items():
             setattr(self, name, value)
+        if self.cold is not None and self.end:
+            # Saved dequantized; quantized again here (one more rounding per save/restore).
+            compactions = self.compactions
+            self._compact()
+            self.compactions = compactions
 
     @property
     def meta_state(self):
@@ -259,7 +287,7 @@ class HeapKVCache:
             "major_every": self.major_every, "collect_batch": self.collect_batch,
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
             "score_block": self.score_block, "seed": self.seed, "positions": self.position_mode,
-            "recovery": self.recovery,
+            "recovery": self.recovery, "cold_bits": self.cold_bits,
             "policy": self.policy.name, "policy_args": asdict(self.policy),
             "offset": self.tokens_seen,
             "counters": {k: getattr(self, k) for k in (
@@ -291,7 +319,7 @@ class HeapKVCache:
         n_dead = int(dead[0].sum()) if len(pos) else 0
         self._free = [np.array([np.flatnonzero(row)[i] for row in dead]) for i in range(n_dead - 1, -1, -1)]
         if self.keys is not None:
-            cap = self.keys.shape[2]
+            cap = self._capacity
             bias = np.zeros((self.positions.shape[0], cap), np.float32)
             bias[:, : self.end][dead] = -np.inf
             self.bias = mx.array(bias)
@@ -310,6 +338,8 @@ class HeapKVCache:
             return 0
         device = sum(a.nbytes for a in (self.keys, self.values, self.acc, self.seen, self.bias, self._shift_mx)
                      if a is not None)
+        if self.cold is not None:
+            device += self.cold.nbytes
         host = sum(a.nbytes for a in (self.positions, self.tenured, self.survived, self._rot, self._rank, self.info))
         return device + host
 
@@ -349,7 +379,7 @@ class HeapKVCache:
             return
         if self.live > self.budget:
             self._collect()
-        if self.keys.shape[2] > self.budget:
+        if self._capacity > self.budget:
             self._compact()
 
     def set_policy(self, policy: Policy) -> None:
@@ -418,8 +448,7 @@ class HeapKVCache:
 
     def _grow(self, needed: int) -> None:
         cap = self._capacity_for(needed)
-        old = self.keys.shape[2]
-        extra = cap - old
+        extra = cap - self._capacity
         H = self.keys.shape[1]
         self.keys = mx.concatenate([self.keys, mx.zeros((1, H, extra, self.keys.shape[3]), self.keys.dtype)], axis=2)
         self.values = mx.concatenate([self.values, mx.zeros((1, H, extra, self.values.shape[3]), self.values.dtype)], axis=2)
@@ -442,17 +471,17 @@ class HeapKVCache:
 
     def _make_room(self, n: int) -> None:
         """Room for n more slots at the end: reclaim dead slots first, then grow."""
-        if self.end + n > self.keys.shape[2]:
+        if self.end + n > self._capacity:
             if self._live < self.end:
                 self._compact(extra=n)
-            if self.end + n > self.keys.shape[2]:
+            if self.end + n > self._capacity:
                 self._grow(self.end + n)
 
     def _append(self, keys: mx.array, values: mx.array, n_new: int) -> None:
         self._make_room(n_new)
         start, stop = self.end, self.end + n_new
-        self.keys[..., start:stop, :] = keys
-        self.values[..., start:stop, :] = values
+        self.keys[..., start - self._hot0:stop - self._hot0, :] = keys
+        self.values[..., start - self._hot0:stop - self._hot0, :] = values
         self.acc[:, start:stop] = 0.0
         self.seen[:, start:stop] = 0.0
         self.bias[:, start:stop] = 0.0
@@ -566,14 +595,15 @@ class HeapKVCache:
         self.demotions += result.demoted
         self.ranked += result.ranked
         dead_fraction = 1.0 - self.live / max(1, end)
-        if dead_fraction > self.compact_threshold or self.keys.shape[2] > self.budget:
+        if dead_fraction > self.compact_threshold or self._capacity > self.budget:
             self._compact()
 
     def _spill(self, victims: np.ndarray, positions: np.ndarray) -> None:
         rows = np.arange(victims.shape[0])[:, None]
         idx = mx.array(victims.astype(np.int32))[None, :, :, None]
-        keys = np.array(mx.take_along_axis(self.keys, idx, axis=2)[0].astype(mx.float32))
-        values = np.array(mx.take_along_axis(self.values, idx, axis=2)[0].astype(mx.float32))
+        all_keys, all_values = self._full_kv()
+        keys = np.array(mx.take_along_axis(all_keys, idx, axis=2)[0].astype(mx.float32))
+        values = np.array(mx.take_along_axis(all_values, idx, axis=2)[0].astype(mx.float32))
         self.store.spill(positions[rows, victims], self._rot[rows, victims], keys, values)
 
     def _recall(self, queries: mx.array, n_new: int) -> None:
@@ -592,8 +622,8 @@ class HeapKVCache:
         n = positions.shape[1]
         self._make_room(n)
         start, stop = self.end, self.end + n
-        self.keys[..., start:stop, :] = mx.array(keys[None]).astype(self.keys.dtype)
-        self.values[..., start:stop, :] = mx.array(values[None]).astype(self.values.dtype)
+        self.keys[..., start - self._hot0:stop - self._hot0, :] = mx.array(keys[None]).astype(self.keys.dtype)
+        self.values[..., start - self._hot0:stop - self._hot0, :] = mx.array(values[None]).astype(self.values.dtype)
         # Recalled tokens start as the best kept token, so the next collection
         # keeps them; the queries that follow then score them for real.
         self.acc[:, start:stop] = seed_score
@@ -610,20 +640,38 @@ class HeapKVCache:
         self._refresh_ranks()
 
     def _compact(self, extra: int = 0) -> None:
-        """Reallocate the live slots contiguously, in position order, per head."""
+        """Reallocate the live slots contiguously, in position order, per head
+        (with a cold tier: its tokens first, then the rest)."""
         end, live = self.end, self.live
         pos = self.positions[:, :end]
-        order = np.argsort(np.where(pos >= 0, pos, np.iinfo(np.int64).max), axis=1, kind="stable")[:, :live]
-        idx = mx.array(order.astype(np.int32))
+        alive = pos >= 0
         H = pos.shape[0]
+        n_cold = 0
+        sort_key = np.where(alive, pos, np.iinfo(np.int64).max)
+        if self.cold is not None:
+            cold = alive & ~protected_mask(pos, self.tokens_seen, self.sinks, self.window) & ~self.tenured[:, :end]
+            n_cold = int(cold.sum(axis=1).min()) if H else 0
+            # the same count in every head: each head's oldest cold-eligible tokens
+            if n_cold:
+                oldest = np.sort(np.where(cold, pos, np.iinfo(np.int64).max), axis=1)[:, n_cold - 1: n_cold]
+                cold &= pos <= oldest
+            sort_key = np.where(cold, sort_key - np.iinfo(np.int64).max // 2, sort_key)
+        order = np.argsort(sort_key, axis=1, kind="stable")[:, :live]
+        idx = mx.array(order.astype(np.int32))
         cap = self._capacity_for(max(live + extra, 1))
-        new_k = mx.take_along_axis(self.keys[..., :end, :], idx[None, :, :, None], axis=2)
-        new_v = mx.take_along_axis(self.values[..., :end, :], idx[None, :, :, None], axis=2)
+        all_k, all_v = self._full_kv()
+        if self.cold is not None:
+            cold_slots = idx[None, :, :n_cold]
+            self.cold.rebuild(cold_slots, cold_slots < self._hot0, all_k, all_v)
+        hot_idx = idx[None, :, n_cold:, None]
+        new_k = mx.take_along_axis(all_k, hot_idx, axis=2)
+        new_v = mx.take_along_axis(all_v, hot_idx, axis=2)
         acc = mx.take_along_axis(self.acc[:, :end], idx, axis=1)
         seen = mx.take_along_axis(self.seen[:, :end], idx, axis=1)
         pad = cap - live
         self.keys = mx.concatenate([new_k, mx.zeros((1, H, pad, new_k.shape[3]), new_k.dtype)], axis=2) if pad else new_k
         self.values = mx.concatenate([new_v, mx.zeros((1, H, pad, new_v.shape[3]), new_v.dtype)], axis=2) if pad else new_v
+        self._hot0 = n_cold
         self.acc = mx.concatenate([acc, mx.zeros((H, pad), mx.float32)], axis=1) if pad else acc
         self.seen = mx.concatenate([seen, mx.zeros((H, pad), mx.float32)], axis=1) if pad else seen
         self.bias = mx.zeros((H, cap), mx.float32)
@@ -638,7 +686,8 @@ class HeapKVCache:
         self._shift_mx = None
         self.end = live
         self.compactions += 1
-        mx.eval(self.keys, self.values, self.acc, self.seen)
+        cold_arrays = (*self.cold.keys, *self.cold.values) if self.cold is not None and self.cold.keys else ()
+        mx.eval(self.keys, self.values, self.acc, self.seen, *cold_arrays)
 
     def _fast_attention(self, queries, keys, values, scale, dead_bias, n_new):
         if dead_bias is None:

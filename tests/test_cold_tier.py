@@ -1,0 +1,132 @@
+"""The cold tier: intermediate tokens stored at 8 or 4 bits."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from conftest import build_model
+from mlx_kv import HeapConfig, make_heap_cache, uninstall
+from mlx_kv.heap.cold import ColdTier, group_size_for
+
+
+def _model():
+    # head_dim 32: MLX quantizes in groups of 32 or 64 channels
+    return build_model("llama", hidden_size=128, num_attention_heads=4, num_key_value_heads=2)
+
+
+def _run(model, config, tokens, decode=0, chunk=64, record=None):
+    cache = make_heap_cache(model, config)
+    logits = []
+    try:
+        for start in range(0, len(tokens), chunk):
+            logits.append(model(mx.array(tokens[start:start + chunk])[None], cache=cache)[0, -1])
+            mx.eval(logits[-1])
+            if record is not None:
+                record(cache)
+        y = int(mx.argmax(logits[-1]).item())
+        for _ in range(decode):
+            logits.append(model(mx.array([[y]]), cache=cache)[0, -1])
+            mx.eval(logits[-1])
+            if record is not None:
+                record(cache)
+    finally:
+        uninstall(model)
+    return cache, np.stack([np.array(x) for x in logits])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_round_trip_error_is_within_one_quantization_step(bits):
+    rows = mx.random.normal((1, 2, 50, 64), key=mx.random.key(0)) * 3
+    tier = ColdTier(bits)
+    w, scales, biases = tier.quantize(rows)
+    back = mx.dequantize(w, scales, biases, group_size=group_size_for(64), bits=bits)
+    groups = np.array(rows).reshape(1, 2, 50, -1, group_size_for(64))
+    step = (groups.max(-1) - groups.min(-1)) / (2**bits - 1)
+    err = np.abs(np.array(back) - np.array(rows)).reshape(groups.shape).max(-1)
+    assert np.all(err <= step * 1.01 + 1e-6)
+    assert err.max() > 0  # it really is lossy
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("positions", ["absolute", "cache"])
+def test_cold_heap_keeps_the_invariants_and_holds_fewer_bytes(bits, positions):
+    model = _model()
+    tokens = np.random.default_rng(1).integers(0, 101, size=400)
+    budget = 160
+    settings = dict(budget=budget, sinks=4, window=16, positions=positions)
+    plain, _ = _run(model, HeapConfig(**settings), tokens, decode=40)
+    cold, _ = _run(model, HeapConfig(**settings, cold_bits=bits), tokens, decode=40)
+    for layer in cold:
+        assert layer.live <= budget
+        assert 0 < layer._hot0 <= layer.live
+        tiers = layer.tier_counts()
+        assert layer._hot0 <= tiers["intermediate"]  # only intermediate tokens turn cold
+        for kept in layer.kept_positions():
+            assert len(kept) == layer.live and np.all(np.diff(kept) > 0)
+            assert np.isin(np.arange(4), kept).all()
+            assert np.isin(np.arange(layer.tokens_seen - 16, layer.tokens_seen), kept).all()
+    assert sum(c.nbytes for c in cold) < sum(c.nbytes for c in plain)
+
+
+def test_with_a_position_only_policy_8_bit_logits_stay_close_to_the_fp_heap():
+    model = _model()
+    tokens = np.random.default_rng(2).integers(0, 101, size=300)
+    config = dict(budget=128, sinks=4, window=16, policy="streaming", tenured=0)
+    _, fp = _run(model, HeapConfig(**config), tokens, decode=20)
+    _, q8 = _run(model, HeapConfig(**config, cold_bits=8), tokens, decode=20)
+    _, q4 = _run(model, HeapConfig(**config, cold_bits=4), tokens, decode=20)
+    err8, err4 = np.abs(q8 - fp).max(), np.abs(q4 - fp).max()
+    assert 0 < err8 < 0.05
+    assert err8 < err4 < 0.5
+
+
+def test_a_cold_token_is_quantized_once_and_then_moved_exactly():
+    model = _model()
+    tokens = np.random.default_rng(3).integers(0, 101, size=400)
+    seen: dict[int, np.ndarray] = {}
+    changed = []
+
+    def record(cache):
+        layer = cache[0]
+        if not layer._hot0:
+            return
+        keys, _ = layer.cold.dequantized()
+        pos = layer.positions[0, : layer._hot0]
+        for slot, p in enumerate(pos):
+            row = np.array(keys[0, 0, slot])
+            if p in seen and not np.array_equal(seen[p], row):
+                changed.append(int(p))
+            seen.setdefault(int(p), row)
+
+    _run(model, HeapConfig(budget=128, sinks=4, window=16, tenured=0, cold_bits=4), tokens, decode=60,
+         chunk=32, record=record)
+    assert len(seen) > 50
+    assert changed == []
+
+
+def test_a_cold_heap_saves_and_restores(tmp_path):
+    from mlx_lm.models.cache import save_prompt_cache
+
+    from mlx_kv.heap.factory import load_heap_cache
+
+    model = _model()
+    tokens = np.random.default_rng(4).integers(0, 101, size=300)
+    cache, _ = _run(model, HeapConfig(budget=128, sinks=4, window=16, cold_bits=8), tokens)
+    path = str(tmp_path / "cold.safetensors")
+    save_prompt_cache(path, cache)
+    restored = load_heap_cache(path, model=model)
+    assert [c.cold_bits for c in restored] == [8, 8]
+    assert [c.offset for c in restored] == [c.offset for c in cache]
+    for a, b in zip(cache, restored):
+        assert [list(k) for k in a.kept_positions()] == [list(k) for k in b.kept_positions()]
+    out = model(mx.array([[5]]), cache=restored)
+    uninstall(model)
+    assert np.isfinite(np.array(out)).all()
+    assert all(c._hot0 > 0 for c in restored)  # the next collection turned tokens cold again
+
+
+def test_cold_bits_must_be_4_or_8():
+    with pytest.raises(ValueError, match="cold_bits"):
+        HeapConfig(cold_bits=3)
+    with pytest.raises(ValueError, match="head_dim 48"):
+        group_size_for(48)
