@@ -90,6 +90,7 @@ class MlxKvApp(App):
         budget: int | str | None = None,
         policy: str | None = None,
         *,
+        heap_options: dict[str, Any] | None = None,
         session_cls: Any | None = None,
         probe: Callable[[], SystemSample] | None = None,
         store: SessionStore | None = None,
@@ -100,6 +101,7 @@ class MlxKvApp(App):
         self.model = model
         self.budget = budget
         self.policy = policy
+        self.heap_options = dict(heap_options or {})
         self._session_cls = session_cls
         self._probe = probe or SystemProbe().sample
         self._store = store
@@ -123,7 +125,7 @@ class MlxKvApp(App):
         self.engine = EngineWorker(
             self.post_message, self._session_cls, store=self._store, max_tokens=self.max_tokens
         )
-        self.engine.start(self.model, self.budget, self.policy)
+        self.engine.start(self.model, self.budget, self.policy, self.heap_options)
         self.set_interval(self.probe_interval, self._tick)
         self._tick()
 
@@ -399,10 +401,12 @@ def _configure_logging() -> None:
         pass
 
 
-def run_app(model: str | None = None, budget: int | str | None = None, policy: str | None = None) -> None:
-    """Open the chat app (``mlx-kv chat``).  ``model`` None means the bundled model."""
+def run_app(model: str | None = None, budget: int | str | None = None, policy: str | None = None,
+            heap_options: dict[str, Any] | None = None) -> None:
+    """Open the chat app (``mlx-kv chat``).  ``model`` None means the bundled model;
+    ``heap_options`` are further HeapConfig fields (window, sinks, positions, cold_bits, ...)."""
     _configure_logging()
-    app = MlxKvApp(model, budget, policy)
+    app = MlxKvApp(model, budget, policy, heap_options=heap_options)
     app.run()
     # The terminal is restored and the engine thread stopped (saves are atomic).
     # Leave without interpreter finalisation: mlx-lm imported on a non-main

@@ -44,6 +44,7 @@ class Load:
     model: str | None = None
     budget: int | str | None = None
     policy: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # further HeapConfig fields (window, cold_bits, ...)
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,10 @@ class EngineWorker:
 
     # -- UI side -----------------------------------------------------------------
 
-    def start(self, model: str | None = None, budget: int | str | None = None, policy: str | None = None) -> None:
+    def start(self, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
+              options: dict[str, Any] | None = None) -> None:
         self._thread.start()
-        self.submit(Load(model, budget, policy))
+        self.submit(Load(model, budget, policy, tuple(sorted((options or {}).items()))))
 
     def submit(self, request: Request) -> None:
         self._queue.put(request)
@@ -280,8 +282,9 @@ class EngineWorker:
         kwargs: dict[str, Any] = {}
         if _accepts(cls.load, "progress"):  # hub downloads report what they fetch
             kwargs["progress"] = lambda text: self.post(M.EngineNotice(_one_line(str(text))))
-        self.session = cls.load(model=req.model, budget=req.budget, policy=req.policy, **kwargs)
-        self.settings.update(model=req.model, budget=req.budget, policy=req.policy)
+        options = dict(req.options)
+        self.session = cls.load(model=req.model, budget=req.budget, policy=req.policy, **options, **kwargs)
+        self.settings.update(model=req.model, budget=req.budget, policy=req.policy, options=options)
         self._ready()
 
     def _chat(self, session: Any, req: Chat) -> None:
@@ -422,7 +425,8 @@ class EngineWorker:
         if saved.snapshot_path:
             session = cls.restore(saved.snapshot_path)
         else:
-            session = cls.load(model=settings.get("model"), budget=settings.get("budget"), policy=settings.get("policy"))
+            session = cls.load(model=settings.get("model"), budget=settings.get("budget"), policy=settings.get("policy"),
+                               **(settings.get("options") or {}))
             if settings.get("system"):
                 session.set_system(settings["system"])
         self.session = session  # the old session is released only once the new one is up

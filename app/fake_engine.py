@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from mlx_kv.errors import UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
@@ -84,7 +84,8 @@ class FakeSession:
     # -- construction -------------------------------------------------------------
 
     @classmethod
-    def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None) -> "FakeSession":
+    def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
+             **options: Any) -> "FakeSession":
         if model is not None and model not in ("bundled",) and not os.path.isdir(model) and "/" not in model:
             raise UserError(f"model {model!r} is neither a local folder nor a hub id (org/name)")
         if model is not None and model.startswith("missing/"):

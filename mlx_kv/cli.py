@@ -173,7 +173,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         from app.app import run_app
     except ImportError as exc:
         raise UserError(f"the terminal app is not available: {exc}") from None
-    run_app(args.model, args.budget, args.policy)
+    run_app(args.model, args.budget, args.policy, _heap_kwargs(args))
     return 0
 
 

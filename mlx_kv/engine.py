@@ -277,6 +277,8 @@ class Session:
             compactions=sum(layer.compactions for layer in self.cache) // n,
             layers=layers,
             pillars=self.pillars(n_pillars),
+            cold=sum(layer.cold_tokens for layer in self.cache) // n,
+            cold_bits=self.config.cold_bits,
         )
 
     def pillars(self, n: int = 8) -> list[Pillar]:

@@ -65,6 +65,8 @@ class HeapStats:
     compactions: int
     layers: list[LayerUsage] = field(default_factory=list)
     pillars: list[Pillar] = field(default_factory=list)
+    cold: int = 0  # intermediate tokens stored quantized (per layer, averaged)
+    cold_bits: int | None = None
 
 
 @dataclass(frozen=True)

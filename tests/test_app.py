@@ -530,3 +530,21 @@ async def test_screenshot_export_contains_the_dashboard(tmp_path):
         assert svg.startswith("<svg") and "medium" in svg and "KV" in svg
         path = app.save_screenshot(filename="shot.svg", path=str(tmp_path))
         assert Path(path).read_text().startswith("<svg")
+
+
+def test_heap_options_from_the_command_line_reach_the_session():
+    from app.engine_worker import EngineWorker, Load
+
+    seen = {}
+
+    class Recording(FakeSession):
+        @classmethod
+        def load(cls, model=None, budget=None, policy=None, **options):
+            seen.update(options)
+            return super().load(model, budget, policy)
+
+    posted = []
+    worker = EngineWorker(posted.append, Recording)
+    worker._load(Load(None, 256, "h2o", (("cold_bits", 4), ("window", 32))))
+    assert seen == {"cold_bits": 4, "window": 32}
+    assert worker.settings["options"] == {"cold_bits": 4, "window": 32}

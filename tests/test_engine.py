@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from conftest import write_model_folder
 from mlx_kv.engine import Session
 from mlx_kv.errors import UserError
 
@@ -109,3 +110,17 @@ def test_a_new_budget_keeps_the_policy_arguments_and_a_new_policy_drops_them(tin
     assert session.cache[0].policy.alpha == 1.0
     session.set_policy("h2o")
     assert session.config.policy_args == {}
+
+
+def test_a_session_with_a_cold_tier_reports_its_quantized_tokens(tmp_path):
+    folder = write_model_folder(tmp_path / "hd32", hidden_size=128, num_attention_heads=4)
+    session = Session.load(str(folder), budget=96, window=16, cold_bits=4)
+    session.ingest(DOC)
+    stats = session.heap_stats()
+    assert stats.cold_bits == 4 and 0 < stats.cold <= stats.intermediate
+    assert stats.nbytes <= stats.budget_bytes
+
+
+def test_a_cold_tier_on_a_head_dim_mlx_cannot_quantize_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(UserError, match="head_dim 16"):
+        Session.load(str(tiny_model_dir), budget=96, window=16, cold_bits=4)

@@ -57,7 +57,10 @@ class HeapPanel(Static):
                 Content.assemble(
                     _label("Tiers"), ("sinks ", MUTED), F.count(heap.sinks), ("  young ", MUTED), F.count(heap.young)
                 ),
-                Content.assemble(_pad(), ("intermediate ", MUTED), F.count(heap.intermediate)),
+                Content.assemble(
+                    _pad(), ("intermediate ", MUTED), F.count(heap.intermediate),
+                    (f"  ({F.count(heap.cold)} at {heap.cold_bits}-bit)" if heap.cold_bits else "", MUTED),
+                ),
                 Content.assemble(_pad(), ("tenured ", MUTED), F.count(heap.tenured)),
                 Content.assemble(_label("GC"), ("evictions ", MUTED), F.count(heap.evictions)),
                 Content.assemble(_pad(), ("promotions ", MUTED), F.count(heap.promotions)),

@@ -7,8 +7,9 @@ from typing import Any
 import mlx_lm.models.cache as mlx_cache
 
 from mlx_kv.attention import install
-from mlx_kv.budget import tokens_per_layer
+from mlx_kv.budget import kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
+from mlx_kv.heap.cold import group_size_for
 from mlx_kv.heap.layer import HeapKVCache
 
 
@@ -25,6 +26,8 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
     install(model)
     register_cache_class()
     budgets = tokens_per_layer(config, model, available)
+    if config.cold_bits:
+        group_size_for(kv_geometry(model).head_dim)  # fails early, with the reason, if MLX cannot quantize it
     return [
         HeapKVCache(
             budget,

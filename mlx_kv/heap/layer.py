@@ -410,6 +410,11 @@ class HeapKVCache:
             "tenured": int(tenured[0].sum()) if len(pos) else 0,
         }
 
+    @property
+    def cold_tokens(self) -> int:
+        """Tokens per KV head stored in the quantized cold tier (0 without one)."""
+        return self._hot0
+
     def kept_positions(self) -> list[np.ndarray]:
         """Original positions kept by each KV head, in increasing order."""
         pos = self.positions[:, : self.end]
