@@ -286,9 +286,11 @@ def bench_niah(args: argparse.Namespace) -> int:
         if policy == "full":
             continue
         try:
-            name, _ = niah.parse_policy(policy)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+            name, variants = niah.parse_policy(policy)
+            if name in POLICIES:
+                POLICIES[name](**variants.get("policy_args", {}))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"policies: {policy!r}: {exc}") from None
         if name not in POLICIES:
             raise UserError(f"policies: unknown policy {name!r}; choose from full, {', '.join(POLICIES)}"
                             " (variants: +q4, +q8, +noiseX)")

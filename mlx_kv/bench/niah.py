@@ -9,7 +9,8 @@ agnostic: the document is prefilled and compressed first; the question
 A prune ratio r keeps (1 - r) of the document's tokens per layer.
 A heap policy name takes variants after `+`: `h2o+q4` / `h2o+q8` store the
 intermediate tier at 4 / 8 bits (HeapConfig.cold_bits), `h2o+noise0.05`
-ranks with that much rank_noise; `kv_bytes` is the cache's mean nbytes
+ranks with that much rank_noise, `surprise+alpha=1` passes a policy
+argument; `kv_bytes` is the cache's mean nbytes
 when the answer starts, so variants compare memory and accuracy together.
 """
 
@@ -147,19 +148,27 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
 
 
 def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
-    """`h2o+q4+noise0.05` -> ("h2o", {"cold_bits": 4, "rank_noise": 0.05})."""
+    """`h2o+q4+noise0.05` -> ("h2o", {"cold_bits": 4, "rank_noise": 0.05});
+    `surprise+alpha=1` -> ("surprise", {"policy_args": {"alpha": 1.0}})."""
     name, *variants = policy.split("+")
     settings: dict[str, Any] = {}
     for variant in variants:
         if variant in ("q4", "q8"):
             settings["cold_bits"] = int(variant[1:])
+        elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
+            key, value = variant.split("=", 1)
+            try:
+                parsed: Any = float(value)
+            except ValueError:
+                parsed = value
+            settings.setdefault("policy_args", {})[key] = parsed
         elif variant.startswith("noise"):
             try:
                 settings["rank_noise"] = float(variant[len("noise"):])
             except ValueError:
                 raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
         else:
-            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8 or +noiseX")
+            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +noiseX or +arg=value")
     return name, settings
 
 

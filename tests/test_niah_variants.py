@@ -1,0 +1,19 @@
+"""bench niah's policy names: variants select heap settings, bad ones are clear errors."""
+
+import pytest
+
+from mlx_kv.bench.niah import parse_policy
+
+
+def test_variants_map_to_heap_settings():
+    assert parse_policy("h2o") == ("h2o", {})
+    assert parse_policy("h2o+q4") == ("h2o", {"cold_bits": 4})
+    assert parse_policy("tova+q8+noise0.05") == ("tova", {"cold_bits": 8, "rank_noise": 0.05})
+    assert parse_policy("surprise+alpha=1+signal=entropy") == (
+        "surprise", {"policy_args": {"alpha": 1.0, "signal": "entropy"}})
+
+
+@pytest.mark.parametrize("bad", ["h2o+q5", "h2o+noisy", "h2o+"])
+def test_unknown_variants_are_value_errors(bad):
+    with pytest.raises(ValueError, match="policies"):
+        parse_policy(bad)
