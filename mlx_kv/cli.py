@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--setting", choices=("aware", "agnostic", "both"), default="both")
     p.add_argument("--window", type=int, default=32)
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="cast the model (and so its KV) to this dtype; default: as stored")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--grid", action="store_true", help="add a length x depth grid for single needle")
@@ -300,6 +302,11 @@ def bench_niah(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.context < 16:
         raise UserError("trials must be >= 1 and context >= 16 tokens")
     model, tokenizer, name = load_model(args.model)
+    if args.dtype:
+        import mlx.core as mx
+
+        model.set_dtype(getattr(mx, args.dtype))
+        name += f" ({args.dtype})"
     settings = ["aware", "agnostic"] if args.setting == "both" else [args.setting]
     emit = (lambda c: print(json.dumps(c.as_dict()), flush=True)) if args.json else (lambda c: None)
     print(f"model {name}, context {args.context} tokens, {args.trials} trials per cell, seed {args.seed}",
