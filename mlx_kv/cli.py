@@ -275,6 +275,18 @@ def bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_for(model: str | None) -> str | None:
+    """The saved `mlx-kv profile` of a model, if there is one."""
+    from mlx_kv.models import resolve_model_path
+    from mlx_kv.profile import find_profile
+
+    try:
+        found = find_profile(resolve_model_path(model))
+    except UserError:
+        return None
+    return str(found) if found else None
+
+
 def bench_niah(args: argparse.Namespace) -> int:
     from mlx_kv.bench import niah
     from mlx_kv.models import load_model
@@ -313,7 +325,7 @@ def bench_niah(args: argparse.Namespace) -> int:
           file=sys.stderr)
     cells = niah.bench_niah(model, tokenizer, tasks=args.tasks, policies=args.policies, ratios=args.ratios,
                             settings=settings, context=args.context, trials=args.trials, seed=args.seed,
-                            window=args.window, emit=emit)
+                            window=args.window, emit=emit, profile=_profile_for(args.model))
     if not args.json:
         print(niah.format_table(cells))
     if args.grid or args.plot:

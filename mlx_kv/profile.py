@@ -11,6 +11,7 @@ cache for hub models) and `HeapConfig(allocation="entropy")` reads it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -64,7 +65,8 @@ def profile_path(model_path: Path) -> Path:
     if os.access(model_path, os.W_OK) and "huggingface" not in str(model_path.resolve()):
         return model_path / PROFILE_NAME
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-kv" / "profiles"
-    return cache / f"{model_path.resolve().name}-{abs(hash(str(model_path.resolve()))) % 10**8}.json"
+    digest = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:8]  # hash() changes per process
+    return cache / f"{model_path.resolve().name}-{digest}.json"
 
 
 def find_profile(model_path: Path) -> Path | None:

@@ -17,3 +17,19 @@ def test_variants_map_to_heap_settings():
 def test_unknown_variants_are_value_errors(bad):
     with pytest.raises(ValueError, match="policies"):
         parse_policy(bad)
+
+
+def test_allocation_variants():
+    assert parse_policy("h2o+pyramid") == ("h2o", {"allocation": "pyramid"})
+    assert parse_policy("snapkv+entropy+q4") == ("snapkv", {"allocation": "entropy", "cold_bits": 4})
+
+
+def test_the_profile_path_of_a_hub_model_is_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from mlx_kv.profile import profile_path; "
+            "print(profile_path(Path('/nowhere/huggingface/hub/models--org--name/snapshots/abc')))")
+    paths = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
+    assert len(paths) == 1

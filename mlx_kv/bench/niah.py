@@ -74,8 +74,10 @@ def heap_budget(n_doc_tokens: int, prune_ratio: float, sinks: int, window: int) 
 class Runner:
     """Runs one sample through one cache and scores the greedy answer."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, sinks: int = 4, window: int = 32, max_answer_tokens: int = 48):
+    def __init__(self, model: Any, tokenizer: Any, *, sinks: int = 4, window: int = 32, max_answer_tokens: int = 48,
+                 profile: str | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.profile = profile  # `mlx-kv profile` output, for +entropy
         self.sinks, self.window, self.max_answer = sinks, window, max_answer_tokens
         self.eos = set(getattr(tokenizer, "eos_token_ids", None) or [])
 
@@ -87,6 +89,10 @@ class Runner:
             return [KVCache() for _ in self.model.layers]
         window = min(self.window, max(1, (budget - self.sinks) // 4))
         name, variants = parse_policy(policy)
+        if variants.get("allocation") == "entropy":
+            if not self.profile:
+                raise ValueError("policies: +entropy needs the model's profile; run `mlx-kv profile --model M` first")
+            variants["profile"] = self.profile
         return make_heap_cache(self.model, HeapConfig(budget=budget, policy=name, sinks=self.sinks, window=window,
                                                       **variants))
 
@@ -123,9 +129,9 @@ class Runner:
 def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: Iterable[str],
                ratios: Iterable[float], settings: Iterable[str], context: int, trials: int, seed: int,
                window: int = 32, emit: Callable[[Cell], None] = lambda c: None,
-               depths: Iterable[float] | None = None) -> list[Cell]:
+               depths: Iterable[float] | None = None, profile: str | None = None) -> list[Cell]:
     """Every (task, setting, policy, ratio) on the same samples; `full` once per setting."""
-    runner = Runner(model, tokenizer, window=window)
+    runner = Runner(model, tokenizer, window=window, profile=profile)
     policies, ratios, settings = list(policies), list(ratios), list(settings)
     cells = []
     try:
@@ -155,6 +161,8 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
     for variant in variants:
         if variant in ("q4", "q8"):
             settings["cold_bits"] = int(variant[1:])
+        elif variant in ("pyramid", "entropy"):  # how the same total is split across layers
+            settings["allocation"] = variant
         elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
             key, value = variant.split("=", 1)
             try:
@@ -168,7 +176,7 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
             except ValueError:
                 raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
         else:
-            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +noiseX or +arg=value")
+            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +noiseX or +arg=value")
     return name, settings
 
 
