@@ -80,8 +80,9 @@ class TorchRunner:
 
     def _rope(self, pos0: int, n: int):
         torch = self.torch
-        hd = self.cfg["head_dim"]
-        inv = 1.0 / (self.cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        import train_bundled_model as TB
+
+        inv = torch.from_numpy(TB.rope_inv_freq(self.cfg))  # rope_scaling included, as mlx-lm does
         f = torch.outer(torch.arange(pos0, pos0 + n, dtype=torch.float32), inv)
         emb = torch.cat([f, f], -1)
         return emb.cos()[None, None], emb.sin()[None, None]

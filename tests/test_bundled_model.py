@@ -68,26 +68,43 @@ def test_chat_template_with_document(loaded):
         "The special magic number for lemon is 417 ."
 
 
-@pytest.mark.xfail(
-    reason="the bundled model has not learned retrieval yet (0% on single needle in the eval; "
-    "see models/mlx-kv-tiny/README.md); remove this mark once a retrained model passes",
-    strict=True,  # an unexpected pass fails the suite: then remove this mark
-)
-def test_answers_single_needle_1k(loaded):
+def _greedy_reply(model, tok, prompt: str, cache) -> str:
     import mlx.core as mx
     from mlx_lm.generate import generate_step
-    from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-    model, tok = loaded
-    s = T.make_sample("single_needle", 1000, tok, depth=0.5, seed=2 * 10**9 + 7)
-    prompt = T.format_prompt(tok, s)
-    cache = make_prompt_cache(model)
-    assert all(type(c) is KVCache for c in cache)
     out = []
     for t, _ in generate_step(mx.array(tok.encode(prompt)), model, max_tokens=24, prompt_cache=cache,
                               prefill_step_size=512):
         if int(t) in tok.eos_token_ids:
             break
         out.append(int(t))
-    reply = tok.decode(out)
-    assert s.score(reply) == 1.0, (s.answer, reply)
+    return tok.decode(out)
+
+
+def test_answers_single_needle_1k_with_the_full_cache_and_through_a_heap_that_evicts_nothing(loaded):
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    from mlx_kv import HeapConfig, make_heap_cache, uninstall
+
+    model, tok = loaded
+    full_hits, heap_hits, same = 0, 0, 0
+    trials = 10
+    for i in range(trials):
+        s = T.make_sample("single_needle", 1000, tok, depth=(i + 0.5) / trials, seed=2 * 10**9 + i)
+        prompt = T.format_prompt(tok, s)
+        cache = make_prompt_cache(model)
+        assert all(type(c) is KVCache for c in cache)
+        full = _greedy_reply(model, tok, prompt, cache)
+        heap = make_heap_cache(model, HeapConfig(budget=2048))
+        try:
+            via_heap = _greedy_reply(model, tok, prompt, heap)
+        finally:
+            uninstall(model)
+        assert all(layer.evictions == 0 for layer in heap)
+        full_hits += s.score(full) == 1.0
+        heap_hits += s.score(via_heap) == 1.0
+        same += full == via_heap
+    # held-out seeds at needle depths spread over the document; the eval in the model
+    # card measures the rate on hundreds of them
+    assert full_hits >= 8, full_hits
+    assert heap_hits == full_hits and same == trials
