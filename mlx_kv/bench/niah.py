@@ -1,7 +1,7 @@
 """`mlx-kv bench niah`: retrieval accuracy per task x policy x pruning ratio x setting.
 
-aware: the question is part of the prefill that the heap compresses (the
-    observation window sees it, as in SnapKV's setting).
+aware: the question is part of the prefill that the heap compresses (one
+    pass, so the observation window sees it, as in SnapKV's setting).
 agnostic: the document is prefilled and compressed first; the question
     arrives afterwards, as in a chat where a document is loaded before anyone
     asks about it.
@@ -96,8 +96,9 @@ class Runner:
         return make_heap_cache(self.model, HeapConfig(budget=budget, policy=name, sinks=self.sinks, window=window,
                                                       **variants))
 
-    def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None) -> mx.array:
-        return prefill(self.model, cache, tokens, chunk=CHUNK, previous=previous)[0]
+    def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None,
+                chunk: int = CHUNK) -> mx.array:
+        return prefill(self.model, cache, tokens, chunk=chunk, previous=previous)[0]
 
     def answer(self, cache: list, logits: mx.array, limit: int) -> str:
         out: list[int] = []
@@ -117,7 +118,11 @@ class Runner:
         cache = self.make_cache(policy, budget)
         limit = min(self.max_answer, len(self.encode(answer_text(sample))) + 8)
         if setting == "aware" or not full.startswith(doc):
-            logits = self.prefill(cache, self.encode(full))
+            # One pass: the heap compresses once, after the question's queries
+            # have attended (SnapKV's setting); chunked, it would compress the
+            # document before the question arrived, as in the agnostic setting.
+            tokens = self.encode(full)
+            logits = self.prefill(cache, tokens, chunk=len(tokens))
         else:
             logits = self.prefill(cache, doc_tokens)
             logits = self.prefill(cache, self.encode(full[len(doc):]), previous=logits)
