@@ -25,7 +25,8 @@ def read_document(source: str, errors: str = "strict") -> tuple[str, str]:
     """(text, display name) for a file path or for the text itself."""
     if errors not in ERROR_MODES:
         raise UserError(f"errors: must be one of {', '.join(ERROR_MODES)}, got {errors!r}")
-    path = _as_path(source) if len(source) <= 4096 and "\n" not in source else None
+    # no path holds a newline or a NUL (expanduser raises on "~\x00")
+    path = _as_path(source) if len(source) <= 4096 and "\n" not in source and "\x00" not in source else None
     kind = _kind(path) if path is not None else None
     if kind == "file":
         return decode_document(_read_bytes(path), path.name, errors), path.name
