@@ -42,6 +42,10 @@ def _heap_options(p: argparse.ArgumentParser) -> None:
                    help="RoPE positions: absolute, or re-indexed within the cache (default for sessions)")
     p.add_argument("--allocation", choices=("uniform", "pyramid", "entropy"), default=None,
                    help="split of the budget across layers (entropy needs `mlx-kv profile` first)")
+    _cold_bits_option(p)
+
+
+def _cold_bits_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold-bits", type=int, choices=(4, 8), default=None,
                    help="store the intermediate tier at 4 or 8 bits (off by default)")
 
@@ -137,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--positions", choices=("absolute", "cache"), default="cache")
     p.add_argument("--recovery", default=None, help="disk allowance for the recovery tier, e.g. 1GB (off by default)")
-    p.add_argument("--cold-bits", type=int, choices=(4, 8), default=None,
-                   help="store the intermediate tier at 4 or 8 bits (off by default)")
+    _cold_bits_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     return parser
@@ -296,18 +299,18 @@ def bench_niah(args: argparse.Namespace) -> int:
     for task in args.tasks:
         if task not in TASKS:
             raise UserError(f"tasks: unknown task {task!r}; choose from {', '.join(TASKS)}")
+    profile = _profile_for(args.model)
     for policy in args.policies:
         if policy == "full":
             continue
-        try:
-            name, variants = niah.parse_policy(policy)
-            if name in POLICIES:
-                POLICIES[name](**variants.get("policy_args", {}))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"policies: {policy!r}: {exc}") from None
+        name = policy.split("+")[0]
         if name not in POLICIES:
             raise UserError(f"policies: unknown policy {name!r}; choose from full, {', '.join(POLICIES)}"
-                            " (variants: +q4, +q8, +noiseX)")
+                            " (variants: +q4, +q8, +pyramid, +entropy, +noiseX, +arg=value)")
+        try:
+            niah.policy_config(policy, profile)
+        except ValueError as exc:
+            raise UserError(f"policies: {policy!r}: {str(exc).removeprefix('policies: ')}") from None
     for r in args.ratios:
         if not 0.0 <= r < 1.0:
             raise UserError(f"ratios: {r} is not a fraction in [0, 1)")
@@ -325,7 +328,7 @@ def bench_niah(args: argparse.Namespace) -> int:
           file=sys.stderr)
     cells = niah.bench_niah(model, tokenizer, tasks=args.tasks, policies=args.policies, ratios=args.ratios,
                             settings=settings, context=args.context, trials=args.trials, seed=args.seed,
-                            window=args.window, emit=emit, profile=_profile_for(args.model))
+                            window=args.window, emit=emit, profile=profile)
     if not args.json:
         print(niah.format_table(cells))
     if args.grid or args.plot:

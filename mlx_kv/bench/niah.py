@@ -88,13 +88,8 @@ class Runner:
         if policy == "full":
             return [KVCache() for _ in self.model.layers]
         window = min(self.window, max(1, (budget - self.sinks) // 4))
-        name, variants = parse_policy(policy)
-        if variants.get("allocation") == "entropy":
-            if not self.profile:
-                raise ValueError("policies: +entropy needs the model's profile; run `mlx-kv profile --model M` first")
-            variants["profile"] = self.profile
-        return make_heap_cache(self.model, HeapConfig(budget=budget, policy=name, sinks=self.sinks, window=window,
-                                                      **variants))
+        return make_heap_cache(self.model, policy_config(policy, self.profile, budget=budget, sinks=self.sinks,
+                                                         window=window))
 
     def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None,
                 chunk: int = CHUNK) -> mx.array:
@@ -183,6 +178,17 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
         else:
             raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +noiseX or +arg=value")
     return name, settings
+
+
+def policy_config(policy: str, profile: str | None = None, **settings: Any) -> HeapConfig:
+    """The HeapConfig a heap policy name and its variants stand for (ValueError
+    naming what is wrong); `profile` is the model's saved profile, for +entropy."""
+    name, variants = parse_policy(policy)
+    if variants.get("allocation") == "entropy":
+        if not profile:
+            raise ValueError("policies: +entropy needs the model's profile; run `mlx-kv profile --model M` first")
+        variants["profile"] = profile
+    return HeapConfig(policy=name, **settings, **variants)
 
 
 def _depth(i: int, trials: int, depths: Iterable[float] | None) -> float:
