@@ -82,8 +82,7 @@ class HeapKVCache:
         self.position_mode = positions
         self.rope = rope
         self.recovery = dict(recovery) if recovery else None
-        if cold_bits is not None:
-            ColdTier(cold_bits)  # validates
+        if cold_bits is not None:  # (the ColdTier made in _reset validates it)
             self.compact_threshold = 0.0  # the cold tier is rebuilt at compactions, so compact at each one
         self.cold_bits = cold_bits
         self.diagnostics_every = 16  # sample the last query's attention every N calls; 0 = never
@@ -124,7 +123,7 @@ class HeapKVCache:
         self.store: RecoveryStore | None = None
         self.info = np.zeros((0, 0, 0), dtype=np.float32)  # (2, H, capacity): surprisal, entropy
         # slots [0, _hot0) are the cold tier (quantized); self.keys/values hold slots _hot0..
-        self.cold = ColdTier(self.cold_bits) if self.cold_bits else None
+        self.cold = ColdTier(self.cold_bits) if self.cold_bits is not None else None
         self._hot0 = 0
         self._collect_pending = False
         self._info_fed = False
