@@ -572,7 +572,7 @@ def pin_const(model, const=PINNED_CONST):
         model.model.embed_tokens.weight[:, 0] = const
 
 
-def induction_init(model, cfg, scale=None, out_scale=0.3, content_pairs=range(10, 16)):
+def induction_init(model, cfg, scale=6.0, out_scale=0.3, content_pairs=range(10, 16)):
     """Give layer 1 two content-matching heads on top of ``prev_token_init``.
 
     Query head 0 (KV head 0) matches the current token against each earlier
@@ -610,7 +610,7 @@ def induction_init(model, cfg, scale=None, out_scale=0.3, content_pairs=range(10
         back = [q_o[:, h * hd:(h + 1) * hd].T / out_scale for h in (0, 1)]  # prev 1, prev 2
         r = torch.linalg.qr(torch.randn(hd, len(dims), generator=gen))[0].T  # (len(dims), hd), orthonormal rows
         current, prev1, prev2 = r @ v0, r @ back[0], r @ back[1]
-        c = scale if scale is not None else 1.0
+        c = scale
         # head 0 / KV head 0: query = current token, key = previous token
         a1.q_proj.weight[0:hd, :] = 0.0
         a1.k_proj.weight[0:hd, :] = 0.0
@@ -818,7 +818,7 @@ def main(argv=None):
     if args.prev_token_init and step == 0:
         prev_token_init(model, cfg)
         if args.induction_init:
-            induction_init(model, cfg, scale=6.0)
+            induction_init(model, cfg)
         opt = make_optimizer()
         rewarm_from = step
         print(f"applied previous-token init to layer 0 at step {step}; optimizer reset", flush=True)
