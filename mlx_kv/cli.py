@@ -261,6 +261,7 @@ def bench_speed(args: argparse.Namespace) -> int:
 
     from mlx_kv.bench.speed import bench_speed as run, format_table
 
+    profile = _check_policies(args.policies, None if (args.model or "").startswith("random:") else args.model)
     model, description = _bench_model(args.model)
     header = {"machine": f"{platform.machine()} {platform.system()}, {_cpu_count()} cores", "model": description,
               "openblas": _openblas_state(), "command": "mlx-kv " + " ".join(sys.argv[1:])}
@@ -272,7 +273,7 @@ def bench_speed(args: argparse.Namespace) -> int:
         print(" | ".join(f"{k}: {v}" for k, v in header.items()), file=sys.stderr)
     run(model, contexts=args.contexts, ratios=args.budget_ratios, policies=args.policies,
         baselines=args.baselines, decode_tokens=args.decode_tokens, repeats=args.repeats,
-        thresholds=args.compact_thresholds, window=args.window, emit=emit)
+        thresholds=args.compact_thresholds, window=args.window, profile=profile, emit=emit)
     if not args.json:
         print(format_table(rows))
     return 0
@@ -290,27 +291,34 @@ def _profile_for(model: str | None) -> str | None:
     return str(found) if found else None
 
 
+def _check_policies(policies: list[str], model: str | None, *, also: tuple[str, ...] = ()) -> str | None:
+    """Refuse an unknown policy or variant before a model loads; returns the
+    model's saved profile (for +entropy)."""
+    from mlx_kv.bench.variants import policy_config
+    from mlx_kv.policies import POLICIES
+
+    profile = _profile_for(model)
+    for policy in (p for p in policies if p not in also):
+        name = policy.split("+")[0]
+        if name not in POLICIES:
+            raise UserError(f"policies: unknown policy {name!r}; choose from {', '.join((*also, *POLICIES))}"
+                            " (variants: +q4, +q8, +pyramid, +entropy, +noiseX, +arg=value)")
+        try:
+            policy_config(policy, profile)
+        except ValueError as exc:
+            raise UserError(f"policies: {policy!r}: {str(exc).removeprefix('policies: ')}") from None
+    return profile
+
+
 def bench_niah(args: argparse.Namespace) -> int:
     from mlx_kv.bench import niah
     from mlx_kv.models import load_model
-    from mlx_kv.policies import POLICIES
     from mlx_kv.tasks import TASKS
 
     for task in args.tasks:
         if task not in TASKS:
             raise UserError(f"tasks: unknown task {task!r}; choose from {', '.join(TASKS)}")
-    profile = _profile_for(args.model)
-    for policy in args.policies:
-        if policy == "full":
-            continue
-        name = policy.split("+")[0]
-        if name not in POLICIES:
-            raise UserError(f"policies: unknown policy {name!r}; choose from full, {', '.join(POLICIES)}"
-                            " (variants: +q4, +q8, +pyramid, +entropy, +noiseX, +arg=value)")
-        try:
-            niah.policy_config(policy, profile)
-        except ValueError as exc:
-            raise UserError(f"policies: {policy!r}: {str(exc).removeprefix('policies: ')}") from None
+    profile = _check_policies(args.policies, args.model, also=("full",))
     for r in args.ratios:
         if not 0.0 <= r < 1.0:
             raise UserError(f"ratios: {r} is not a fraction in [0, 1)")

@@ -14,7 +14,6 @@ import tempfile
 import threading
 import time
 from array import array
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import mlx.core as mx

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ from app.app import MlxKvApp
 from app.engine_worker import EngineWorker
 from app.fake_engine import FakeSession
 from app.store import SessionStore
-from app.widgets.chat_input import ChatInput
 from app.widgets.heap_panel import HeapPanel
 from app.widgets.pillar_list import PillarList
 from app.widgets.pillar_strip import PillarStrip

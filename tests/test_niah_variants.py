@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlx_kv.bench.niah import parse_policy
+from mlx_kv.bench.variants import parse_policy
 
 
 def test_variants_map_to_heap_settings():

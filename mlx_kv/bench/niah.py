@@ -7,11 +7,9 @@ agnostic: the document is prefilled and compressed first; the question
     asks about it.
 `full` is mlx-lm's KVCache: the reference every ratio is compared with.
 A prune ratio r keeps (1 - r) of the document's tokens per layer.
-A heap policy name takes variants after `+`: `h2o+q4` / `h2o+q8` store the
-intermediate tier at 4 / 8 bits (HeapConfig.cold_bits), `h2o+noise0.05`
-ranks with that much rank_noise, `surprise+alpha=1` passes a policy
-argument; `kv_bytes` is the cache's mean nbytes
-when the answer starts, so variants compare memory and accuracy together.
+A heap policy name takes variants after `+` (see mlx_kv.bench.variants);
+`kv_bytes` is the cache's mean nbytes when the answer starts, so variants
+compare memory and accuracy together.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from mlx_kv.attention import uninstall
-from mlx_kv.config import HeapConfig
+from mlx_kv.bench.variants import policy_config
 from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.information import prefill
 from mlx_kv.tasks import answer_text, format_prompt, make_sample
@@ -151,44 +149,6 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
     finally:
         uninstall(model)
     return cells
-
-
-def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
-    """`h2o+q4+noise0.05` -> ("h2o", {"cold_bits": 4, "rank_noise": 0.05});
-    `surprise+alpha=1` -> ("surprise", {"policy_args": {"alpha": 1.0}})."""
-    name, *variants = policy.split("+")
-    settings: dict[str, Any] = {}
-    for variant in variants:
-        if variant in ("q4", "q8"):
-            settings["cold_bits"] = int(variant[1:])
-        elif variant in ("pyramid", "entropy"):  # how the same total is split across layers
-            settings["allocation"] = variant
-        elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
-            key, value = variant.split("=", 1)
-            try:
-                parsed: Any = float(value)
-            except ValueError:
-                parsed = value
-            settings.setdefault("policy_args", {})[key] = parsed
-        elif variant.startswith("noise"):
-            try:
-                settings["rank_noise"] = float(variant[len("noise"):])
-            except ValueError:
-                raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
-        else:
-            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +noiseX or +arg=value")
-    return name, settings
-
-
-def policy_config(policy: str, profile: str | None = None, **settings: Any) -> HeapConfig:
-    """The HeapConfig a heap policy name and its variants stand for (ValueError
-    naming what is wrong); `profile` is the model's saved profile, for +entropy."""
-    name, variants = parse_policy(policy)
-    if variants.get("allocation") == "entropy":
-        if not profile:
-            raise ValueError("policies: +entropy needs the model's profile; run `mlx-kv profile --model M` first")
-        variants["profile"] = profile
-    return HeapConfig(policy=name, **settings, **variants)
 
 
 def _depth(i: int, trials: int, depths: Iterable[float] | None) -> float:

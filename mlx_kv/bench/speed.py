@@ -17,7 +17,7 @@ import numpy as np
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
 from mlx_kv.attention import uninstall
-from mlx_kv.config import HeapConfig
+from mlx_kv.bench.variants import policy_config
 from mlx_kv.heap.factory import make_heap_cache
 
 PREFILL_CHUNK = 512
@@ -62,14 +62,16 @@ def quant_group_size(model: Any) -> int | None:
 
 
 def heap_setups(model: Any, context: int, policies: list[str], ratios: list[float],
-                thresholds: list[float], decode_tokens: int, window: int) -> list[Setup]:
+                thresholds: list[float], decode_tokens: int, window: int,
+                profile: str | None = None) -> list[Setup]:
+    """One setup per policy (with its variants, e.g. h2o+q4), ratio and compaction threshold."""
     out = []
     for policy in policies:
         for r in ratios:
             # ratio 1.0 means "evicts nothing": room for the prompt and every decoded token
             budget = context + decode_tokens + 1 if r >= 1.0 else max(int(context * r), 4 + window + 2)
             for t in thresholds:
-                cfg = HeapConfig(budget=budget, policy=policy, compact_threshold=t, window=window)
+                cfg = policy_config(policy, profile, budget=budget, compact_threshold=t, window=window)
                 suffix = f"@{r:g}" + (f",compact={t:g}" if len(thresholds) > 1 else "")
                 out.append(Setup(f"heap:{policy}{suffix}", "heap", r,
                                  lambda cfg=cfg: make_heap_cache(model, cfg)))
@@ -116,7 +118,7 @@ def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) ->
 
 def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policies: list[str],
                 baselines: list[str], decode_tokens: int, repeats: int = 3, thresholds: list[float] = (0.5,),
-                window: int = 64, sinks: int = 4, vocab: int | None = None,
+                window: int = 64, sinks: int = 4, vocab: int | None = None, profile: str | None = None,
                 emit: Callable[[dict], None] = print) -> list[dict]:
     from mlx_kv.budget import weights_bytes
 
@@ -127,7 +129,7 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
     for context in contexts:
         prompt = np.random.default_rng(context).integers(0, vocab, size=context)
         setups = baseline_setups(model, context, baselines, ratios, sinks)
-        setups += heap_setups(model, context, policies, ratios, list(thresholds), decode_tokens, window)
+        setups += heap_setups(model, context, policies, ratios, list(thresholds), decode_tokens, window, profile)
         runs: dict[str, list[dict]] = {s.name: [] for s in setups}
         run_once(model, setups[0].make(), prompt[: min(len(prompt), 1024)], 8)  # warm-up, not recorded
         for _ in range(repeats):

@@ -21,7 +21,7 @@ import psutil
 from mlx_kv.attention import uninstall
 from mlx_kv.bench.niah import Runner
 from mlx_kv.config import HeapConfig
-from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
+from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.heap.layer import HeapKVCache
 from mlx_kv.information import prefill
 from mlx_kv.tasks import KEYS, VALUES, _needle as needle_sentence, filler_text

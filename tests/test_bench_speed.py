@@ -1,0 +1,36 @@
+"""`mlx-kv bench speed` rows: one per configuration, variants included, with true byte counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import build_model
+from mlx_kv.bench.speed import bench_speed, heap_setups
+
+
+def test_rows_cover_every_configuration_with_ratios_and_bytes():
+    model = build_model("llama", hidden_size=128, intermediate_size=256)  # head_dim 32: quantizable
+    rows = bench_speed(model, contexts=[300], ratios=[0.25, 1.0], policies=["h2o", "h2o+q4"],
+                       baselines=["kvcache", "rotating", "quantized8"], decode_tokens=3, repeats=1,
+                       window=16, emit=lambda row: None)
+    by_name = {r["config"]: r for r in rows}
+    assert set(by_name) == {"kvcache", "rotating@0.25", "rotating@1", "quantized8",
+                            "heap:h2o@0.25", "heap:h2o@1", "heap:h2o+q4@0.25", "heap:h2o+q4@1"}
+    for row in rows:
+        assert row["decode_tps"] > 0 and row["prefill_tps"] > 0
+        assert row["decode_ratio_vs_kvcache"] == pytest.approx(row["decode_tps"] / by_name["kvcache"]["decode_tps"], rel=0.01)
+    assert by_name["kvcache"]["decode_ratio_vs_kvcache"] == 1.0
+    # a quarter budget holds fewer bytes than a cache that keeps everything, and the 4-bit cold tier fewer still
+    assert by_name["heap:h2o@0.25"]["kv_bytes"] < by_name["heap:h2o@1"]["kv_bytes"]
+    assert by_name["heap:h2o+q4@0.25"]["kv_bytes"] < by_name["heap:h2o@0.25"]["kv_bytes"]
+
+
+def test_heap_setups_read_variants_into_the_config():
+    model = build_model("llama", hidden_size=128, intermediate_size=256)
+    setups = heap_setups(model, 1000, ["tova+q8", "h2o+noise0.1"], [0.5], [0.0], decode_tokens=10, window=16)
+    caches = {s.name: s.make() for s in setups}
+    assert caches["heap:tova+q8@0.5"][0].cold_bits == 8
+    assert caches["heap:tova+q8@0.5"][0].budget == 500
+    assert caches["heap:h2o+noise0.1@0.5"][0].rank_noise == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown variant"):
+        heap_setups(model, 1000, ["h2o+q3"], [0.5], [0.0], decode_tokens=10, window=16)
