@@ -14,12 +14,14 @@ the cold tier one at a time from the middle (evicted or promoted), and a
 per-channel group would have to be re-quantized every time one of its members
 left, adding error at every collection. Per-token rows are moved between
 slots exactly (the packed words are gathered, never re-quantized): a token is
-quantized once, when it turns cold.
+quantized when it turns cold, and again only if it is promoted to tenured
+(which holds its dequantized values), demoted and turns cold once more.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
 QuantizedRows = tuple[mx.array, mx.array, mx.array]  # packed words, scales, biases: (1, H, n, *)
 
@@ -66,24 +68,41 @@ class ColdTier:
         group = group_size_for(head_dim)
         return mx.dequantize(w, scales, biases, group_size=group, bits=self.bits).astype(self.dtype)
 
-    def rebuild(self, slots: mx.array, from_cold: mx.array, keys: mx.array, values: mx.array) -> None:
-        """Make the tier hold, in order, the tokens at `slots` (1, H, n) of the
-        old slot space: rows already cold are gathered as they are, the others
-        are quantized from `keys`/`values`, the full-precision rows gathered
-        at the same slots."""
-        self.dtype = keys.dtype
-        if slots.shape[2] == 0:
+    def rebuild(self, slots: np.ndarray, hot0: int, hot_keys: mx.array, hot_values: mx.array) -> None:
+        """Make the tier hold, in order, the tokens at `slots` (H, n) of the old
+        slot space, where slots below `hot0` were this tier's and slot s >= hot0
+        is row s - hot0 of `hot_keys`/`hot_values`. Rows already cold are
+        gathered as they are; only the others are quantized (a rectangle of
+        the most any head needs, padded with row 0)."""
+        self.dtype = hot_keys.dtype
+        H, n = slots.shape
+        if n == 0:
             self.keys = self.values = None
             return
-        idx = slots[..., None]
-        fresh_k = self.quantize(mx.take_along_axis(keys, idx, axis=2))
-        fresh_v = self.quantize(mx.take_along_axis(values, idx, axis=2))
-        if self.keys is None:
-            self.keys, self.values = fresh_k, fresh_v
-            return
-        old_idx = mx.minimum(slots, self.size - 1)[..., None]
-        keep = from_cold[..., None]
-        self.keys = tuple(mx.where(keep, mx.take_along_axis(old, old_idx, axis=2), new)
-                          for old, new in zip(self.keys, fresh_k))
-        self.values = tuple(mx.where(keep, mx.take_along_axis(old, old_idx, axis=2), new)
-                            for old, new in zip(self.values, fresh_v))
+        fresh = slots >= hot0
+        rank = np.cumsum(fresh, axis=1) - 1
+        m = int(fresh.sum(axis=1).max())
+        heads, cols = np.nonzero(fresh)
+        old_size = self.size if self.keys is not None else 0
+        # where each output row comes from in [old tier rows | fresh quantized rows]
+        source = np.where(fresh, old_size + rank, slots).astype(np.int32)
+        parts_k, parts_v = [], []
+        if old_size:
+            parts_k.append(self.keys)
+            parts_v.append(self.values)
+        if m:
+            fresh_rows = np.zeros((H, m), np.int32)
+            fresh_rows[heads, rank[heads, cols]] = slots[heads, cols] - hot0
+            idx = mx.array(fresh_rows)[None, :, :, None]
+            parts_k.append(self.quantize(mx.take_along_axis(hot_keys, idx, axis=2)))
+            parts_v.append(self.quantize(mx.take_along_axis(hot_values, idx, axis=2)))
+        idx = mx.array(source)[None, :, :, None]
+        self.keys = _gather_rows(parts_k, idx)
+        self.values = _gather_rows(parts_v, idx)
+
+
+def _gather_rows(parts: list[QuantizedRows], idx: mx.array) -> QuantizedRows:
+    """Rows `idx` (1, H, n, 1) of the parts' rows laid end to end."""
+    if len(parts) == 1:
+        return tuple(mx.take_along_axis(a, idx, axis=2) for a in parts[0])
+    return tuple(mx.take_along_axis(mx.concatenate(pieces, axis=2), idx, axis=2) for pieces in zip(*parts))

@@ -663,13 +663,17 @@ class HeapKVCache:
         order = np.argsort(sort_key, axis=1, kind="stable")[:, :live]
         idx = mx.array(order.astype(np.int32))
         cap = self._capacity_for(max(live + extra, 1))
-        all_k, all_v = self._full_kv()
+        hot_k, hot_v = self.keys[..., : end - self._hot0, :], self.values[..., : end - self._hot0, :]
+        hot_order = order[:, n_cold:]
+        if self._hot0 and (hot_order < self._hot0).any():  # a cold token left the tier (e.g. tenured)
+            source_k, source_v = self._full_kv()  # (before the rebuild below replaces the tier)
+        else:
+            source_k, source_v, hot_order = hot_k, hot_v, hot_order - self._hot0
         if self.cold is not None:
-            cold_slots = idx[None, :, :n_cold]
-            self.cold.rebuild(cold_slots, cold_slots < self._hot0, all_k, all_v)
-        hot_idx = idx[None, :, n_cold:, None]
-        new_k = mx.take_along_axis(all_k, hot_idx, axis=2)
-        new_v = mx.take_along_axis(all_v, hot_idx, axis=2)
+            self.cold.rebuild(order[:, :n_cold], self._hot0, hot_k, hot_v)
+        hot_idx = mx.array(hot_order.astype(np.int32))[None, :, :, None]
+        new_k = mx.take_along_axis(source_k, hot_idx, axis=2)
+        new_v = mx.take_along_axis(source_v, hot_idx, axis=2)
         acc = mx.take_along_axis(self.acc[:, :end], idx, axis=1)
         seen = mx.take_along_axis(self.seen[:, :end], idx, axis=1)
         pad = cap - live
