@@ -27,13 +27,17 @@ def test_page_bounds_are_upper_bounds_and_disk_stays_bounded(tmp_path):
         seen += n
         assert store.file_bytes <= store.max_bytes
         assert store.live_bytes <= store.max_bytes
-    assert store.dropped > 0 and store.pages
+    assert store.dropped > 0 and store.page_count
+    # in memory per page: head, offset and the key summary, nothing that grows with page size
+    assert store.table.nbytes <= 2 * max(64, store.page_count) * (12 + 8 * D)
     queries = rng.normal(size=(3, D)).astype(np.float32)
     for head in range(H):
-        pages, bounds = store.upper_bounds(head, queries)
-        for page, bound in zip(pages, bounds):
-            keys, _ = store._read_page(page)
+        rows, bounds = store.upper_bounds(head, queries)
+        for row, bound in zip(rows, bounds):
+            keys, _, positions, _ = store._read_page(row)
             assert (queries @ keys.T).max() <= bound + 1e-4
+            assert np.all(np.diff(positions) == 1)  # a page's tokens come back with their own positions
+            assert positions[0] >= store.dropped // H - store.page_size  # the oldest pages were the ones dropped
 
 
 def test_an_evicted_needle_is_recalled_by_a_matching_question(tmp_path):

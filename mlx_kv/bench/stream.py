@@ -115,4 +115,5 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         summary["recovery_disk_bytes"] = sum(s["disk_bytes"] for s in stores)
         summary["recovery_spilled"] = sum(s["spilled"] for s in stores)
         summary["recovery_dropped"] = sum(s["dropped"] for s in stores)
+        summary["recovery_table_bytes"] = sum(s["table_bytes"] for s in stores)
     return summary

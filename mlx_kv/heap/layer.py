@@ -199,7 +199,7 @@ class HeapKVCache:
             self.acc[:, : self.end] = acc
             self.seen[:, : self.end] = seen
             mx.async_eval(self.acc, self.seen)
-        if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.pages:
+        if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
         if self.live > self.budget:
             if self.policy.uses_info and n_new > 1 and self._info_fed:
@@ -335,8 +335,9 @@ class HeapKVCache:
         """Bytes this layer holds: keys, values, score accumulators and the host bookkeeping."""
         if self.keys is None:
             return 0
-        device = sum(a.nbytes for a in (self.keys, self.values, self.acc, self.seen, self.bias, self._shift_mx)
-                     if a is not None)
+        device = sum(a.nbytes for a in (self.keys, self.values, self.acc, self.seen, self.bias))
+        if self.position_mode == "cache":  # the RoPE shifts: dropped at collections, rebuilt at the next call
+            device += 4 * self.bias.size
         if self.cold is not None:
             device += self.cold.nbytes
         host = sum(a.nbytes for a in (self.positions, self.tenured, self.survived, self._rot, self._rank, self.info))

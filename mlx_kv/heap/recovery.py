@@ -23,22 +23,70 @@ import numpy as np
 
 
 @dataclass
-class Page:
-    head: int
-    offset: int  # byte offset in the file
-    n: int
-    positions: np.ndarray  # (n,) original positions
-    rotated_at: np.ndarray  # (n,) position each key was rotated at
-    key_min: np.ndarray  # (D,)
-    key_max: np.ndarray  # (D,)
-
-
-@dataclass
 class Pending:
     positions: list = field(default_factory=list)
     rotated_at: list = field(default_factory=list)
     keys: list = field(default_factory=list)
     values: list = field(default_factory=list)
+
+
+class PageTable:
+    """What stays in memory per spilled page: its head, where it is in the
+    file, and its key summary; one row per page, in file order (oldest first).
+    Positions and values live on disk with the page, so memory per page is
+    12 + 8 x head_dim bytes (up to twice that while the arrays grow by
+    doubling), and the disk allowance bounds the page count."""
+
+    def __init__(self, head_dim: int) -> None:
+        self.n = 0
+        self._head = np.zeros(0, np.int32)
+        self._offset = np.zeros(0, np.int64)
+        self._kmin = np.zeros((0, head_dim), np.float32)
+        self._kmax = np.zeros((0, head_dim), np.float32)
+
+    @property
+    def head(self) -> np.ndarray:
+        return self._head[: self.n]
+
+    @property
+    def offset(self) -> np.ndarray:
+        return self._offset[: self.n]
+
+    @property
+    def key_min(self) -> np.ndarray:
+        return self._kmin[: self.n]
+
+    @property
+    def key_max(self) -> np.ndarray:
+        return self._kmax[: self.n]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self._head, self._offset, self._kmin, self._kmax))
+
+    def append(self, head: int, offset: int, key_min: np.ndarray, key_max: np.ndarray) -> None:
+        if self.n == len(self._head):
+            grow = max(64, self.n)
+            self._head = np.concatenate([self._head, np.zeros(grow, np.int32)])
+            self._offset = np.concatenate([self._offset, np.zeros(grow, np.int64)])
+            self._kmin = np.concatenate([self._kmin, np.zeros((grow, self._kmin.shape[1]), np.float32)])
+            self._kmax = np.concatenate([self._kmax, np.zeros((grow, self._kmax.shape[1]), np.float32)])
+        self._head[self.n], self._offset[self.n] = head, offset
+        self._kmin[self.n], self._kmax[self.n] = key_min, key_max
+        self.n += 1
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only these rows (indices or a mask), in order."""
+        self._head, self._offset = self.head[rows], self.offset[rows]
+        self._kmin, self._kmax = self.key_min[rows], self.key_max[rows]
+        self.n = len(self._head)
+
+    def copy(self) -> "PageTable":
+        twin = PageTable(self._kmin.shape[1])
+        twin._head, twin._offset = self.head.copy(), self.offset.copy()
+        twin._kmin, twin._kmax = self.key_min.copy(), self.key_max.copy()
+        twin.n = self.n
+        return twin
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +109,7 @@ class RecoveryStore:
         self.max_bytes = max_bytes
         fd, self.path = tempfile.mkstemp(prefix="mlx-kv-recovery-", suffix=".bin", dir=folder)
         os.close(fd)
-        self.pages: list[Page] = []
+        self.table = PageTable(head_dim)
         self.pending = [Pending() for _ in range(n_heads)]
         self.file_bytes = 0
         self.owner = True
@@ -71,11 +119,16 @@ class RecoveryStore:
 
     @property
     def page_bytes(self) -> int:
-        return self.page_size * (self.head_dim + self.value_dim + 8)  # int8 K, V + two fp32 scales
+        # int8 K and V, an fp32 scale each, and the int64 position and rotation of every token
+        return self.page_size * (self.head_dim + self.value_dim + 8 + 16)
+
+    @property
+    def page_count(self) -> int:
+        return self.table.n
 
     @property
     def live_bytes(self) -> int:
-        return len(self.pages) * self.page_bytes
+        return self.table.n * self.page_bytes
 
     def spill(self, positions: np.ndarray, rotated_at: np.ndarray, keys: np.ndarray, values: np.ndarray) -> None:
         """Evicted tokens: positions/rotated_at (H, n), keys (H, n, D), values (H, n, Dv)."""
@@ -98,56 +151,62 @@ class RecoveryStore:
         kq, ks = quantize_rows(k)
         vq, vs = quantize_rows(v)
         k_deq = dequantize_rows(kq, ks)
+        positions = np.asarray(pending.positions[:n], np.int64)
+        rotated_at = np.asarray(pending.rotated_at[:n], np.int64)
         with open(self.path, "ab") as f:
             offset = f.tell()
-            f.write(kq.tobytes() + ks.tobytes() + vq.tobytes() + vs.tobytes())
+            f.write(b"".join(a.tobytes() for a in (kq, ks, vq, vs, positions, rotated_at)))
         self.file_bytes = offset + self.page_bytes
-        self.pages.append(Page(head, offset, n, np.asarray(pending.positions[:n], np.int64),
-                               np.asarray(pending.rotated_at[:n], np.int64), k_deq.min(axis=0), k_deq.max(axis=0)))
+        self.table.append(head, offset, k_deq.min(axis=0), k_deq.max(axis=0))
         del pending.positions[:n], pending.rotated_at[:n], pending.keys[:n], pending.values[:n]
 
-    def _read_page(self, page: Page) -> tuple[np.ndarray, np.ndarray]:
-        n, D, Dv = page.n, self.head_dim, self.value_dim
-        with open(self.path, "rb") as f:
-            f.seek(page.offset)
-            raw = f.read(self.page_bytes)
+    def _read_page(self, row: int, f=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """keys, values, positions and rotations of page `row` of the table."""
+        n, D, Dv = self.page_size, self.head_dim, self.value_dim
+        raw = self._read_raw(int(self.table.offset[row]), f)
         at = 0
         kq = np.frombuffer(raw, np.int8, n * D, at).reshape(n, D); at += n * D
         ks = np.frombuffer(raw, np.float32, n, at).reshape(n, 1); at += 4 * n
         vq = np.frombuffer(raw, np.int8, n * Dv, at).reshape(n, Dv); at += n * Dv
-        vs = np.frombuffer(raw, np.float32, n, at).reshape(n, 1)
-        return dequantize_rows(kq, ks), dequantize_rows(vq, vs)
+        vs = np.frombuffer(raw, np.float32, n, at).reshape(n, 1); at += 4 * n
+        positions = np.frombuffer(raw, np.int64, n, at); at += 8 * n
+        rotated_at = np.frombuffer(raw, np.int64, n, at)
+        return dequantize_rows(kq, ks), dequantize_rows(vq, vs), positions.copy(), rotated_at.copy()
+
+    def _read_raw(self, offset: int, f=None) -> bytes:
+        if f is None:
+            with open(self.path, "rb") as f:
+                return self._read_raw(offset, f)
+        f.seek(offset)
+        return f.read(self.page_bytes)
 
     def _shrink(self) -> None:
         """Drop the oldest pages until half the allowance is used, then rewrite the file."""
         keep_pages = max(0, (self.max_bytes // 2) // self.page_bytes)
-        drop = len(self.pages) - keep_pages
+        drop = self.table.n - keep_pages
         if drop > 0:
             self.dropped += drop * self.page_size
-            self.pages = self.pages[drop:]
+            self.table.keep(np.arange(drop, self.table.n))
         self._rewrite()
 
     def _rewrite(self) -> None:
-        blobs = []
-        for page in self.pages:
-            with open(self.path, "rb") as f:
-                f.seek(page.offset)
-                blobs.append(f.read(self.page_bytes))
+        with open(self.path, "rb") as f:
+            blobs = [self._read_raw(int(offset), f) for offset in self.table.offset]
         with open(self.path, "wb") as f:
-            for page, blob in zip(self.pages, blobs):
-                page.offset = f.tell()
+            for row, blob in enumerate(blobs):
+                self.table.offset[row] = f.tell()
                 f.write(blob)
-        self.file_bytes = len(self.pages) * self.page_bytes
+        self.file_bytes = self.table.n * self.page_bytes
 
-    def upper_bounds(self, head: int, queries: np.ndarray) -> tuple[list[Page], np.ndarray]:
-        """Pages of one head and, per page, the largest possible q.k over the queries (Q, D)."""
-        pages = [p for p in self.pages if p.head == head]
-        if not pages:
-            return pages, np.zeros(0)
-        lo = np.stack([p.key_min for p in pages])  # (P, D)
-        hi = np.stack([p.key_max for p in pages])
+    def upper_bounds(self, head: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the page table holding one head's pages and, per page, the
+        largest possible q.k over the queries (Q, D)."""
+        rows = np.flatnonzero(self.table.head == head)
+        if not len(rows):
+            return rows, np.zeros(0)
+        lo, hi = self.table.key_min[rows], self.table.key_max[rows]  # (P, D)
         bound = np.maximum(queries[:, None, :] * lo[None], queries[:, None, :] * hi[None]).sum(-1)  # (Q, P)
-        return pages, bound.max(axis=0)
+        return rows, bound.max(axis=0)
 
     def recall(self, queries: np.ndarray, n_pages: int) -> list[tuple[np.ndarray, ...]] | None:
         """For each head the best `n_pages` pages for queries (H, Q, D), removed
@@ -155,24 +214,27 @@ class RecoveryStore:
         count for every head, or None when some head has none."""
         chosen = []
         for head in range(self.n_heads):
-            pages, bound = self.upper_bounds(head, queries[head])
-            chosen.append([pages[i] for i in np.argsort(-bound, kind="stable")[:n_pages]])
+            rows, bound = self.upper_bounds(head, queries[head])
+            chosen.append(rows[np.argsort(-bound, kind="stable")[:n_pages]])
         count = min(len(c) for c in chosen)
         if count == 0:
             return None
-        out = []
-        for pages in chosen:
-            pages = pages[:count]
-            keys, values = zip(*(self._read_page(p) for p in pages))
-            out.append((np.concatenate([p.positions for p in pages]), np.concatenate([p.rotated_at for p in pages]),
-                        np.concatenate(keys), np.concatenate(values)))
-            for p in pages:
-                self.pages.remove(p)
+        out, taken = [], []
+        with open(self.path, "rb") as f:
+            for rows in chosen:
+                keys, values, positions, rotated_at = zip(*(self._read_page(r, f) for r in rows[:count]))
+                out.append((np.concatenate(positions), np.concatenate(rotated_at),
+                            np.concatenate(keys), np.concatenate(values)))
+                taken.extend(rows[:count])
+        keep = np.ones(self.table.n, bool)
+        keep[taken] = False
+        self.table.keep(keep)
         self.recalled += count * self.page_size
         return out
 
     def stats(self) -> dict[str, int]:
-        return {"pages": len(self.pages), "disk_bytes": self.file_bytes, "live_bytes": self.live_bytes,
+        return {"pages": self.table.n, "disk_bytes": self.file_bytes, "live_bytes": self.live_bytes,
+                "table_bytes": self.table.nbytes,
                 "max_bytes": self.max_bytes, "spilled": self.spilled, "recalled": self.recalled,
                 "dropped": self.dropped}
 
@@ -182,7 +244,7 @@ class RecoveryStore:
         import copy
 
         twin = copy.copy(self)
-        twin.pages = list(self.pages)
+        twin.table = self.table.copy()
         twin.pending = [Pending(list(p.positions), list(p.rotated_at), list(p.keys), list(p.values))
                         for p in self.pending]
         twin.owner = False
