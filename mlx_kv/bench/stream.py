@@ -61,12 +61,14 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
     records: list[dict] = []
     pending = encode(before)
     fed, next_needle, next_record, last = 0, 0, 0.1, None
+    needle_at: list[int] = []
     start = decile_start = time.perf_counter()
     decile_tokens = 0
     try:
         while fed < tokens:
             if next_needle < len(needles) and fed >= needles[next_needle][0] * tokens:
                 _, key, value = needles[next_needle]
+                needle_at.append(fed + len(pending))  # the token position the needle sentence starts at
                 pending += encode(" " + needle_sentence(key, value))
                 next_needle += 1
             while len(pending) < CHUNK:
@@ -91,11 +93,11 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                 next_record += 0.1
         found = []
         runner = Runner(model, tokenizer)
-        for depth, key, value in needles:
+        for (depth, key, value), position in zip(needles, needle_at):
             _, tail = template_parts(tokenizer, f"What is the special magic number for {key} ?")
             probe = clone_heap(cache)
             answer = runner.answer(probe, runner.prefill(probe, encode(tail), previous=last), 12)
-            found.append({"depth": depth, "key": key, "value": value, "answer": answer.strip(),
+            found.append({"depth": depth, "position": position, "key": key, "value": value, "answer": answer.strip(),
                           "found": value in answer.split()})
     finally:
         uninstall(model)
