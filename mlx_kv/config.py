@@ -55,10 +55,11 @@ class HeapConfig:
         with 0.5; `mlx-kv bench speed --compact-thresholds 0.5,0`).
     rank_noise: std of Gaussian noise added to normalised scores before
         ranking (privacy: blurs which tokens survive); 0 disables it.
-    recovery: disk allowance ("1GB") for the recovery tier, where evicted
-        tokens spill (int8, in pages with min/max key summaries) and from
-        where a question's queries recall the `recovery_pages` best pages
-        per KV head; None (the default) keeps it off.
+    recovery: disk allowance ("1GB", for the whole model: each layer gets
+        its share) for the recovery tier, where evicted tokens spill (int8,
+        in pages with min/max key summaries) and from where a question's
+        queries recall the `recovery_pages` best pages per KV head; None
+        (the default) keeps it off.
     cold_bits: store the intermediate tier at 8 or 4 bits (per-token affine
         quantization, see mlx_kv.heap.cold); None keeps every token at the
         model's dtype. Tenured tokens, sinks and the young window always do.

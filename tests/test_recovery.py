@@ -68,3 +68,22 @@ def test_an_evicted_needle_is_recalled_by_a_matching_question(tmp_path):
     mx.eval(layer.attend(mx.array(q), keys, values, scale=scale))
     assert all(needle in kept for kept in layer.kept_positions())
     assert layer.recalls > 0 and layer.live <= 48
+
+
+def test_the_disk_allowance_is_for_the_whole_model():
+    from conftest import build_model
+    from mlx_kv import HeapConfig, make_heap_cache, uninstall
+
+    model = build_model("llama")
+    allowance = 16 * 1024
+    cache = make_heap_cache(model, HeapConfig(budget=40, sinks=2, window=8, recovery=allowance))
+    try:
+        tokens = np.random.default_rng(5).integers(0, 101, size=700)
+        for start in range(0, len(tokens), 20):
+            mx.eval(model(mx.array(tokens[start:start + 20])[None], cache=cache))
+    finally:
+        uninstall(model)
+    stores = [layer.store for layer in cache]
+    assert all(s.max_bytes == allowance // len(cache) for s in stores)
+    assert sum(s.file_bytes for s in stores) <= allowance
+    assert all(s.dropped > 0 for s in stores)  # the allowance really was reached

@@ -28,6 +28,9 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
     budgets = tokens_per_layer(config, model, available)
     if config.cold_bits:
         group_size_for(kv_geometry(model).head_dim)  # fails early, with the reason, if MLX cannot quantize it
+    recovery = config.recovery_settings()
+    if recovery:  # the allowance is for the whole model: each layer's store gets its share
+        recovery["max_bytes"] = max(1, recovery["max_bytes"] // len(budgets))
     return [
         HeapKVCache(
             budget,
@@ -44,7 +47,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             seed=config.seed + layer,
             positions=config.positions,
             rope=_layer_rope(model, layer) if config.positions == "cache" else None,
-            recovery=config.recovery_settings(),
+            recovery=recovery,
             cold_bits=config.cold_bits,
         )
         for layer, budget in enumerate(budgets)
