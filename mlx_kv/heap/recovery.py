@@ -30,62 +30,47 @@ class Pending:
     values: list = field(default_factory=list)
 
 
+def _used_rows_of(name: str) -> property:
+    """One field of a PageTable's used rows, as a view (writes go through)."""
+    return property(lambda table: table._rows[name][: table.n])
+
+
 class PageTable:
     """What stays in memory per spilled page: its head, where it is in the
     file, and its key summary; one row per page, in file order (oldest first).
     Positions and values live on disk with the page, so memory per page is
-    12 + 8 x head_dim bytes (up to twice that while the arrays grow by
+    12 + 8 x head_dim bytes (up to twice that while the array grows by
     doubling), and the disk allowance bounds the page count."""
 
     def __init__(self, head_dim: int) -> None:
+        self.dtype = np.dtype([("head", np.int32), ("offset", np.int64),
+                               ("key_min", np.float32, (head_dim,)), ("key_max", np.float32, (head_dim,))])
+        self._rows = np.zeros(0, self.dtype)
         self.n = 0
-        self._head = np.zeros(0, np.int32)
-        self._offset = np.zeros(0, np.int64)
-        self._kmin = np.zeros((0, head_dim), np.float32)
-        self._kmax = np.zeros((0, head_dim), np.float32)
 
-    @property
-    def head(self) -> np.ndarray:
-        return self._head[: self.n]
-
-    @property
-    def offset(self) -> np.ndarray:
-        return self._offset[: self.n]
-
-    @property
-    def key_min(self) -> np.ndarray:
-        return self._kmin[: self.n]
-
-    @property
-    def key_max(self) -> np.ndarray:
-        return self._kmax[: self.n]
+    head = _used_rows_of("head")
+    offset = _used_rows_of("offset")
+    key_min = _used_rows_of("key_min")
+    key_max = _used_rows_of("key_max")
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self._head, self._offset, self._kmin, self._kmax))
+        return self._rows.nbytes
 
     def append(self, head: int, offset: int, key_min: np.ndarray, key_max: np.ndarray) -> None:
-        if self.n == len(self._head):
-            grow = max(64, self.n)
-            self._head = np.concatenate([self._head, np.zeros(grow, np.int32)])
-            self._offset = np.concatenate([self._offset, np.zeros(grow, np.int64)])
-            self._kmin = np.concatenate([self._kmin, np.zeros((grow, self._kmin.shape[1]), np.float32)])
-            self._kmax = np.concatenate([self._kmax, np.zeros((grow, self._kmax.shape[1]), np.float32)])
-        self._head[self.n], self._offset[self.n] = head, offset
-        self._kmin[self.n], self._kmax[self.n] = key_min, key_max
+        if self.n == len(self._rows):
+            self._rows = np.concatenate([self._rows, np.zeros(max(64, self.n), self.dtype)])
+        self._rows[self.n] = (head, offset, key_min, key_max)
         self.n += 1
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep only these rows (indices or a mask), in order."""
-        self._head, self._offset = self.head[rows], self.offset[rows]
-        self._kmin, self._kmax = self.key_min[rows], self.key_max[rows]
-        self.n = len(self._head)
+        self._rows = self._rows[: self.n][rows]
+        self.n = len(self._rows)
 
     def copy(self) -> "PageTable":
-        twin = PageTable(self._kmin.shape[1])
-        twin._head, twin._offset = self.head.copy(), self.offset.copy()
-        twin._kmin, twin._kmax = self.key_min.copy(), self.key_max.copy()
-        twin.n = self.n
+        twin = PageTable(self.dtype["key_min"].shape[0])
+        twin._rows, twin.n = self._rows[: self.n].copy(), self.n
         return twin
 
 
