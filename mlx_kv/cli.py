@@ -261,8 +261,10 @@ def bench_speed(args: argparse.Namespace) -> int:
 
     from mlx_kv.bench.speed import bench_speed as run, format_table
 
-    profile = _check_policies(args.policies, None if (args.model or "").startswith("random:") else args.model)
-    model, description = _bench_model(args.model)
+    from mlx_kv.bench.shapes import bench_model
+
+    profile = _check_policies(args.policies, args.model)  # (a random: model has no profile)
+    model, description = bench_model(args.model)
     header = {"machine": f"{platform.machine()} {platform.system()}, {_cpu_count()} cores", "model": description,
               "openblas": _openblas_state(), "command": "mlx-kv " + " ".join(sys.argv[1:])}
     rows = []
@@ -354,8 +356,9 @@ def bench_niah(args: argparse.Namespace) -> int:
 
 def bench_ranking(args: argparse.Namespace) -> int:
     from mlx_kv.bench.ranking import bench_ranking as run
+    from mlx_kv.bench.shapes import bench_model
 
-    model, description = _bench_model(args.model)
+    model, description = bench_model(args.model)
     print(f"model: {description}", file=sys.stderr)
     rows = run(model, tokens=args.tokens, budget=args.budget, window=args.window, fractions=args.tenured_fractions,
                decode=args.decode_tokens, emit=(lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: None))
@@ -391,17 +394,6 @@ def bench_stream(args: argparse.Namespace) -> int:
           f"{summary['tps_first_decile']:.0f} -> {summary['tps_last_decile']:.0f} tok/s, needles "
           f"{summary['needles_found']}/{summary['needles_total']}")
     return 0
-
-
-def _bench_model(spec: str | None):
-    if spec and spec.startswith("random:"):
-        from mlx_kv.bench.shapes import random_model
-
-        return random_model(spec)
-    from mlx_kv.models import load_model
-
-    model, _, name = load_model(spec)
-    return model, name
 
 
 def _cpu_count() -> int:

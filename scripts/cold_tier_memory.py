@@ -32,14 +32,10 @@ def main() -> int:
     from mlx_lm.models.cache import make_prompt_cache
 
     from mlx_kv import HeapConfig, make_heap_cache, uninstall
-    from mlx_kv.bench.shapes import random_model
+    from mlx_kv.bench.shapes import bench_model
     from mlx_kv.information import prefill
-    from mlx_kv.models import load_model
 
-    if args.model and args.model.startswith("random:"):
-        model, name = random_model(args.model)
-    else:
-        model, _, name = load_model(args.model)
+    model, name = bench_model(args.model)
     model.set_dtype(getattr(mx, args.dtype))
     vocab = model.model.embed_tokens.weight.shape[0] if hasattr(model, "model") else 1000
     tokens = np.random.default_rng(0).integers(0, vocab, size=args.tokens).tolist()

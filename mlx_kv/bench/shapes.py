@@ -38,3 +38,14 @@ def random_model(spec: str) -> tuple[Any, str]:
     model = model_cls(args_cls.from_dict(config))
     mx.eval(model.parameters())
     return model, f"random-weight {name} shape, {config['num_hidden_layers']} layers, fp32"
+
+
+def bench_model(spec: str | None) -> tuple[Any, str]:
+    """(model, description) for a benchmark's --model: `random:NAME[...]`, a
+    folder or hub id, or None for the bundled model."""
+    if spec and spec.startswith("random:"):
+        return random_model(spec)
+    from mlx_kv.models import load_model
+
+    model, _, name = load_model(spec)
+    return model, name

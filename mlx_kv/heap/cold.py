@@ -83,7 +83,7 @@ class ColdTier:
         rank = np.cumsum(fresh, axis=1) - 1
         m = int(fresh.sum(axis=1).max())
         heads, cols = np.nonzero(fresh)
-        old_size = self.size if self.keys is not None else 0
+        old_size = self.size
         # where each output row comes from in [old tier rows | fresh quantized rows]
         source = np.where(fresh, old_size + rank, slots).astype(np.int32)
         parts_k, parts_v = [], []
