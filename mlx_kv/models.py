@@ -1,8 +1,13 @@
-"""Finding and loading a model: the bundled one, a local folder, or a hub id.
+"""Finding and loading a model: a GGUF file, a local folder, a hub id, or a name.
 
 A model folder is untrusted input: only safetensors weights are read (never
 pickle), remote code is never run, and the config's sizes are checked before
-anything is allocated.
+anything is allocated. A GGUF file is converted once into the user's cache
+(mlx_kv.gguf) and loaded from there.
+
+Names: `mlx-kv-tiny` is the bundled 2M-parameter test model; the default
+model (no --model) is SmolLM2-135M-Instruct once `mlx-kv fetch` (run by
+setup) has converted it, else mlx-kv-tiny with a one-line note.
 """
 
 from __future__ import annotations
@@ -28,18 +33,52 @@ _LIMITS = {
 }
 
 
-def default_model() -> str:
-    return os.environ.get("MLX_KV_MODEL") or str(BUNDLED_MODEL)
+def default_model(progress: Callable[[str], None] | None = None) -> str:
+    """$MLX_KV_MODEL, else the converted default model, else mlx-kv-tiny (with a note)."""
+    from mlx_kv.default_model import DEFAULT_NAME, installed_default
+
+    if os.environ.get("MLX_KV_MODEL"):
+        return os.environ["MLX_KV_MODEL"]
+    found = installed_default()
+    if found is not None:
+        return str(found)
+    if progress is not None:
+        progress(f"model: {DEFAULT_NAME} is not set up here (run `mlx-kv fetch`); using the bundled mlx-kv-tiny")
+    return str(BUNDLED_MODEL)
+
+
+def named_model(spec: str) -> Path | None:
+    """The folder a model name stands for, if `spec` is one."""
+    from mlx_kv.default_model import DEFAULT_NAME, installed_default
+
+    if spec == BUNDLED_MODEL.name:
+        return BUNDLED_MODEL
+    if spec.lower() in (DEFAULT_NAME.lower(), "smollm2"):
+        found = installed_default()
+        if found is None:
+            raise UserError(f"model: {DEFAULT_NAME} is not set up here; run `mlx-kv fetch` first")
+        return found
+    return None
 
 
 def resolve_model_path(spec: str | None, progress: Callable[[str], None] | None = None) -> Path:
-    """A local folder for `spec`, downloading from the hub when it is a hub id."""
-    spec = spec or default_model()
+    """A local folder for `spec`: a name, a folder, a GGUF file (converted
+    once into the cache) or a hub id (downloaded once)."""
+    spec = spec or default_model(progress)
+    named = named_model(spec)
+    if named is not None:
+        return named
     path = Path(spec).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            from mlx_kv.gguf import converted_folder
+
+            return converted_folder(path, progress)
         if not path.is_dir():
-            raise UserError(f"model: {spec} is a file; give the folder that holds config.json")
+            raise UserError(f"model: {spec} is a file; give a .gguf file or the folder that holds config.json")
         return path
+    if path.suffix.lower() == ".gguf":
+        raise UserError(f"model: file {spec} does not exist")
     if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
         raise UserError(f"model: folder {spec} does not exist")
     return _download(spec, progress)
@@ -121,8 +160,15 @@ def check_model_folder(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_model(spec: str | None = None, progress: Callable[[str], None] | None = None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, display name) for a hub id, a folder, or the bundled model."""
+def load_model(spec: str | None = None, progress: Callable[[str], None] | None = None,
+               weights: str = "auto") -> tuple[Any, Any, str]:
+    """(model, tokenizer, display name) for a name, a GGUF file, a folder or a hub id.
+
+    weights: "quantized" keeps quantized layers as stored, "float32"
+    dequantizes them, "auto" picks per machine (see `choose_weights`).
+    """
+    if weights not in WEIGHTS:
+        raise UserError(f"weights: must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     path = resolve_model_path(spec, progress)
     check_model_folder(path)
     import mlx_lm
@@ -133,7 +179,62 @@ def load_model(spec: str | None = None, progress: Callable[[str], None] | None =
         raise
     except Exception as exc:
         raise UserError(f"model: cannot load {path}: {_one_line(exc)}") from None
-    return model, tokenizer, path.name
+    name = path.name
+    if is_quantized(model) and choose_weights(weights, model) == "float32":
+        dequantize(model)
+        name += " (float32)"
+    return model, tokenizer, name
+
+
+WEIGHTS = ("auto", "quantized", "float32")
+FLOAT32_SHARE = 0.25  # auto: dequantize only while float32 weights take at most this share of free memory
+
+
+def is_quantized(model: Any) -> bool:
+    import mlx.nn as nn
+
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+
+
+def choose_weights(setting: str, model: Any) -> str:
+    """"auto": float32 on a CPU, where quantized matmuls are several times
+    slower than float32 ones with OpenBLAS, if the float32 weights fit;
+    quantized on a GPU (Metal, CUDA), where 4-bit is the fast path."""
+    if setting != "auto":
+        return setting
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return "quantized"
+    from mlx_kv.budget import available_memory
+
+    float32_bytes = 4 * parameter_count(model)
+    return "float32" if float32_bytes <= FLOAT32_SHARE * available_memory() else "quantized"
+
+
+def parameter_count(model: Any) -> int:
+    """Weights, counting each quantized weight once (not its packed words)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    total = 0
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            total += module.scales.size * module.group_size
+            total += module.bias.size if "bias" in module else 0
+        elif not module.children():
+            total += sum(v.size for _, v in tree_flatten(module.parameters()))
+    return total
+
+
+def dequantize(model: Any) -> None:
+    """Quantized layers to float32 in place (and every other float parameter with them)."""
+    import mlx.core as mx
+    from mlx_lm.utils import dequantize_model
+
+    model.set_dtype(mx.float32)  # scales and biases first: dequantizing with float16 ones rounds every weight
+    dequantize_model(model)
+    mx.eval(model.parameters())
 
 
 def _one_line(exc: Exception) -> str:

@@ -19,8 +19,8 @@ SUMMARY_KEYS = {"tokens", "budget_tokens", "policy", "peak_rss_mb", "rss_growth_
 
 @pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="bundled model not built")
 def test_a_20k_token_stream_under_a_1k_budget_keeps_heap_bytes_constant_after_warm_up():
-    done = subprocess.run([sys.executable, "-m", "mlx_kv.cli", "bench", "stream", "--tokens", "20000",
-                           "--budget", "1024", "--policy", "h2o", "--json"],
+    done = subprocess.run([sys.executable, "-m", "mlx_kv.cli", "bench", "stream", "--model", "mlx-kv-tiny",
+                           "--tokens", "20000", "--budget", "1024", "--policy", "h2o", "--json"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -40,12 +40,12 @@ def random_model(spec: str) -> tuple[Any, str]:
     return model, f"random-weight {name} shape, {config['num_hidden_layers']} layers, fp32"
 
 
-def bench_model(spec: str | None) -> tuple[Any, str]:
+def bench_model(spec: str | None, weights: str = "auto") -> tuple[Any, str]:
     """(model, description) for a benchmark's --model: `random:NAME[...]`, a
-    folder or hub id, or None for the bundled model."""
+    name, GGUF file, folder or hub id, or None for the default model."""
     if spec and spec.startswith("random:"):
         return random_model(spec)
     from mlx_kv.models import load_model
 
-    model, _, name = load_model(spec)
+    model, _, name = load_model(spec, weights=weights)
     return model, name
