@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_kv.budget import kv_geometry
+from mlx_kv.chat_format import ChatFormat
 from mlx_kv.config import HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import UserError
@@ -42,6 +43,7 @@ class Session:
         self.model_name = model_name
         self.model_spec = model_spec
         self.cache = make_heap_cache(model, config)
+        self.format = ChatFormat.probe(tokenizer)
         self.transcript: list[dict] = []
         self.system: str | None = None
         self._fed_text = ""
@@ -53,7 +55,7 @@ class Session:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
-             progress: Callable[[str], None] | None = None, **heap: Any) -> "Session":
+             progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> "Session":
         heap.setdefault("positions", "cache")  # long chats stay inside the trained positions
         if heap.get("allocation") == "entropy" and not heap.get("profile"):
             from mlx_kv.models import resolve_model_path
@@ -64,7 +66,7 @@ class Session:
                 raise UserError("allocation: 'entropy' needs a profile; run `mlx-kv profile` for this model first")
             heap["profile"] = str(found)
         config = _heap_config(budget, policy, heap)
-        mdl, tok, name = load_model(model, progress)
+        mdl, tok, name = load_model(model, progress, weights=weights)
         try:
             return cls(mdl, tok, config, name, model)
         except ValueError as exc:
@@ -135,7 +137,9 @@ class Session:
         """Load a document (a path, or the text itself) into the session."""
         text, name = read_document(source, errors=errors)
         self.transcript.append({"role": "document", "content": text, "source": name})
-        rendered = self._new_text(self._render(add_generation_prompt=False))
+        # Only what no later turn rewrites: a template may close this turn
+        # differently once the question arrives (e.g. merged into it).
+        rendered = self._new_text(self.format.stable_prefix(self.tokenizer, self._messages()))
         tokens = self._encode(rendered)
         start = time.perf_counter()
         consumed_before = len(self._token_ids)
@@ -184,8 +188,7 @@ class Session:
         return messages + [{"role": m["role"], "content": m["content"]} for m in self.transcript]
 
     def _render(self, add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            self._messages(), add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.format.render(self.tokenizer, self._messages(), add_generation_prompt)
 
     def _new_text(self, full: str) -> str:
         """What the heap has not seen yet. If history was rewritten (a

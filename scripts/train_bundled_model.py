@@ -126,6 +126,7 @@ def save_tokenizer(tok, out_dir: Path):
     cfg_path = out_dir / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["chat_template"] = T.CHAT_TEMPLATE
+    cfg["mlx_kv_document_role"] = "document"  # trained with its own document role (mlx_kv.chat_format)
     # portable across transformers 4.x and 5.x
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     if "extra_special_tokens" in cfg:
