@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 from mlx_kv.errors import UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
+from mlx_kv.sizes import parse_budget, parse_bytes
 
 POLICIES = ("generational", "h2o", "snapkv", "tova", "streaming", "random", "surprise")
 BYTES_PER_TOKEN = 4096  # a tiny model: 2 layers x 2 KV heads x 64 dims x fp32 x K,V x 2
@@ -31,22 +32,20 @@ DEFAULT_REPLY = (
 )
 
 
-def _parse_budget(budget: int | str | None) -> int:
-    """Tokens from a budget (int tokens, or '2GB'-style bytes)."""
-    if budget is None:
-        return 4096
-    if isinstance(budget, int):
-        if budget <= 0:
-            raise UserError("the budget must be greater than zero")
-        tokens = budget
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(budget).lower())
-        if not m:
-            raise UserError(f"bad budget {budget!r}: use bytes like 2GB or a token count like 8192")
-        scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
-        tokens = int(float(m.group(1)) * scale) // BYTES_PER_TOKEN
-    if tokens < 64:
-        raise UserError(f"budget of {tokens} tokens is smaller than sinks + window (64 tokens)")
+DEFAULT_BUDGET_TOKENS = 4096  # what None and "auto" give: the fake has no memory to measure
+SINKS, WINDOW = 4, 64
+
+
+def budget_tokens(budget: int | str | None) -> int:
+    """Tokens for a budget, read by the library's one budget reader (mlx_kv.sizes)."""
+    try:
+        value = DEFAULT_BUDGET_TOKENS if budget is None else parse_budget(budget)
+        tokens = value if isinstance(value, int) else (
+            DEFAULT_BUDGET_TOKENS if value == "auto" else parse_bytes(value) // BYTES_PER_TOKEN)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if tokens < SINKS + WINDOW + 1:
+        raise UserError(f"budget: {tokens} tokens per layer is smaller than sinks + window + 1 = {SINKS + WINDOW + 1}")
     return tokens
 
 
@@ -63,8 +62,8 @@ class FakeSession:
     ingest_delay = 0.0
     ingest_chunk = 512
     layers = 8
-    sinks_n = 4
-    window = 64
+    sinks_n = SINKS
+    window = WINDOW
 
     def __init__(self, model: str | None, budget_tokens: int, policy: str) -> None:
         self.model_name = model or "bundled: tiny-llama-2L"
@@ -92,7 +91,7 @@ class FakeSession:
             raise UserError(f"hub id {model!r} not found (or offline and not cached)")
         if policy is not None and policy not in POLICIES:
             raise UserError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
-        return cls(model, _parse_budget(budget), policy or "generational")
+        return cls(model, budget_tokens(budget), policy or "generational")
 
     @classmethod
     def restore(cls, path: str) -> "FakeSession":
@@ -228,7 +227,7 @@ class FakeSession:
         return {"active": active, "peak": self._peak, "cache": 16_000_000}
 
     def set_budget(self, budget: int | str) -> None:
-        self.budget_tokens = _parse_budget(budget)
+        self.budget_tokens = budget_tokens(budget)
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:

@@ -15,11 +15,14 @@ from typing import Any, Sequence
 from mlx_kv.errors import UserError
 
 
-def parse_budget(text: str) -> int | str:
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    return text
+def budget_arg(text: str) -> int | str:
+    """--budget through the one budget reader (mlx_kv.sizes), as an argparse type."""
+    from mlx_kv.sizes import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("budget: ")) from None
 
 
 def csv_list(kind):
@@ -33,8 +36,8 @@ def csv_list(kind):
 
 def _heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="hub id, local folder, or omit for the bundled model")
-    p.add_argument("--budget", type=parse_budget, default=None,
-                   help="tokens per layer (1024), bytes for the whole heap (2GB), or auto")
+    p.add_argument("--budget", type=budget_arg, default=None,
+                   help="tokens per layer (1024), a size for the whole heap (2GB, 512MiB, 2G = 2GB), or auto")
     p.add_argument("--policy", default=None, help="h2o, tova, snapkv, streaming, random")
     p.add_argument("--window", type=int, default=None, help="young generation size (tokens)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("stream", help="stream N tokens with needles through a fixed budget")
     p.add_argument("--model", default=None, help="defaults to the bundled model")
     p.add_argument("--tokens", type=int, default=1_000_000)
-    p.add_argument("--budget", type=parse_budget, default=1024)
+    p.add_argument("--budget", type=budget_arg, default=1024)
     p.add_argument("--policy", default="h2o")
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--positions", choices=("absolute", "cache"), default="cache")

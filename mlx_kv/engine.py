@@ -29,6 +29,7 @@ from mlx_kv.information import prefill, token_information, wants_information
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
 from mlx_kv.session_file import read_session_payload, write_session_file
+from mlx_kv.sizes import parse_budget
 
 PREFILL_CHUNK = 512
 
@@ -382,11 +383,11 @@ def _peek_metadata(path: str) -> dict:
 
 def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, Any]) -> HeapConfig:
     fields = dict(extra)
-    if budget is not None:
-        fields["budget"] = budget
     if policy is not None:
         fields["policy"] = policy
     try:
+        if budget is not None:
+            fields["budget"] = parse_budget(budget)  # every form the CLI and the TUI read
         return HeapConfig(**fields)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
