@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from app.app import MlxKvApp, run_app
-from mlx_kv.cli import budget_arg
+from mlx_kv.commands.options import budget_arg
 
 
 def main() -> None:

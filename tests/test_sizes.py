@@ -9,7 +9,7 @@ import pytest
 from app.commands import Command, ParseError, parse
 from app.fake_engine import BYTES_PER_TOKEN, budget_tokens
 from mlx_kv import HeapConfig
-from mlx_kv.cli import budget_arg
+from mlx_kv.commands.options import budget_arg
 from mlx_kv.errors import UserError
 from mlx_kv.sizes import SIZE_UNITS, parse_budget, parse_bytes
 
