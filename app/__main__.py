@@ -9,24 +9,25 @@ from __future__ import annotations
 import argparse
 
 from app.app import MlxKvApp, run_app
+from mlx_kv.commands.options import budget_arg
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m app", description="mlx-kv terminal chat")
     ap.add_argument("--model", default=None, help="hub id or local folder (default: the bundled model)")
-    ap.add_argument("--budget", default=None, help="KV heap budget: bytes (2GB) or tokens (8192)")
+    ap.add_argument("--budget", type=budget_arg, default=None,
+                    help="KV heap budget: tokens per layer (8192), a size (2GB, 512MiB) or auto")
     ap.add_argument("--policy", default=None, help="eviction policy")
     ap.add_argument("--fake", action="store_true", help="use the scripted fake engine (no MLX)")
     args = ap.parse_args()
-    budget = int(args.budget) if args.budget and args.budget.isdigit() else args.budget
     if args.fake:
         from app.fake_engine import FakeSession
 
         FakeSession.piece_delay = 0.03
         FakeSession.ingest_delay = 0.02
-        MlxKvApp(args.model, budget, args.policy, session_cls=FakeSession).run()
+        MlxKvApp(args.model, args.budget, args.policy, session_cls=FakeSession).run()
     else:
-        run_app(args.model, budget, args.policy)
+        run_app(args.model, args.budget, args.policy)
 
 
 if __name__ == "__main__":

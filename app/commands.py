@@ -16,6 +16,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from mlx_kv.sizes import parse_budget
+
 
 @dataclass(frozen=True)
 class ChatText:
@@ -42,7 +44,7 @@ class Spec:
 
 COMMANDS: dict[str, Spec] = {
     "load": Spec("/load FILE", "read a document into the session (progress bar; Esc stops)", "required"),
-    "budget": Spec("/budget B", "set the KV heap budget: bytes (2GB, 512MiB) or tokens (8192)", "required"),
+    "budget": Spec("/budget B", "set the KV heap budget: tokens per layer (8192), a size (2GB, 512MiB) or auto", "required"),
     "policy": Spec("/policy P", "set the eviction policy (h2o, snapkv, tova, streaming, random, ...)", "required"),
     "system": Spec("/system TEXT", "set the system prompt", "required"),
     "save": Spec("/save NAME", "save transcript, settings and heap snapshot", "required"),
@@ -55,10 +57,6 @@ COMMANDS: dict[str, Spec] = {
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 POLICY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-# 8192 | 8192tok | 2GB | 1.5 GiB | 512m | 50%
-BUDGET_RE = re.compile(
-    r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[kKmMgGtT]i?[bB]?|[bB]|tok(?:ens)?|%)?$"
-)
 MAX_SHOWN = 40
 
 
@@ -128,22 +126,10 @@ def _check_load(name: str, rest: str) -> Command | ParseError:
 
 
 def _check_budget(name: str, rest: str) -> Command | ParseError:
-    value = rest.replace("_", "").replace(",", "")
-    m = BUDGET_RE.match(value)
-    if not m:
-        return ParseError(
-            f"bad budget {_short(rest)!r}: use bytes like 2GB or 512MiB, or a token count like 8192"
-        )
-    num, unit = m.group("num"), m.group("unit") or ""
-    if float(num) <= 0:
-        return ParseError("the budget must be greater than zero")
-    if unit == "%" and float(num) > 100:
-        return ParseError("a budget in percent must be at most 100%")
-    if unit in ("", "tok", "tokens"):
-        if "." in num:
-            return ParseError("a token budget must be a whole number")
-        return Command(name, int(num))
-    return Command(name, f"{num}{unit}")
+    try:
+        return Command(name, parse_budget(rest))
+    except ValueError as exc:
+        return ParseError(_one_line(str(exc)))
 
 
 def _check_policy(name: str, rest: str) -> Command | ParseError:

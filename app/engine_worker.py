@@ -10,15 +10,16 @@ Cancellation: Esc sets a ``threading.Event`` that the session's ``chat`` and
 generator and closes it on this thread, so the engine can leave the session
 consistent.
 
-The worker accepts any object with the engine's ``Session`` interface
-(``session_cls.load(...)`` / ``session_cls.restore(...)``), so tests drive it
-with a fake.  With ``session_cls=None`` it imports ``mlx_kv.engine`` on the
-engine thread, which keeps MLX out of the UI process until the thread starts.
+The worker codes against ``mlx_kv.protocol.ChatSession`` (load/restore,
+chat, ingest, the settings, stats and the memory-guard hook), which the real
+``Session`` and ``app.fake_engine.FakeSession`` both implement, so tests drive
+it with the fake.  With ``session_cls=None`` it imports ``mlx_kv.engine`` on
+the engine thread, which keeps MLX out of the UI process until the thread
+starts.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import queue
 import threading
@@ -31,6 +32,7 @@ from textual.message import Message
 from app import messages as M
 from app.store import SessionStore
 from mlx_kv.errors import UserError
+from mlx_kv.protocol import ChatSession
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # never write tracebacks onto the TUI
@@ -106,14 +108,7 @@ def _one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _accepts(func: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _default_session_cls() -> Any:
+def _default_session_cls() -> type[ChatSession]:
     from mlx_kv.engine import Session  # imported on the engine thread only
 
     return Session
@@ -125,7 +120,7 @@ class EngineWorker:
     def __init__(
         self,
         post: Callable[[Message], Any],
-        session_cls: Any | None = None,
+        session_cls: type[ChatSession] | None = None,
         *,
         store: SessionStore | None = None,
         stats_interval: float = 0.5,
@@ -140,7 +135,7 @@ class EngineWorker:
         self.flush_interval = flush_interval
         self.progress_interval = progress_interval
         self.max_tokens = max_tokens
-        self.session: Any | None = None
+        self.session: ChatSession | None = None
         self.settings: dict = {"model": None, "budget": None, "policy": None, "system": None}
         self.cancel_event = threading.Event()
         self._queue: queue.Queue[Request] = queue.Queue()
@@ -148,7 +143,6 @@ class EngineWorker:
         self._thread = threading.Thread(target=self._run, name="mlx-kv-engine", daemon=True)
         self._sample: Any | None = None
         self._current: Request | None = None
-        self._mem_guard: Any | None = None  # mlx_kv.guard.MemoryGuard, made lazily
 
     # -- UI side -----------------------------------------------------------------
 
@@ -180,12 +174,11 @@ class EngineWorker:
         """Hand the latest system probe sample to the engine (memory guard).
 
         At the next stats point (between decode steps or prefill chunks, or
-        on the idle refresh) the sample goes, on the engine thread, to
-        ``session.observe_system(sample) -> str | None`` if the session has
-        one, else to an ``mlx_kv.guard.MemoryGuard`` when the session
-        supports ``set_layer_budgets``.  A returned event ("memory guard:
-        tighten heap to ... (memory pressure warn)") is shown in the chat and
-        logged; the dashboard shows the new budget with the next stats.
+        on the idle refresh) the sample goes, on the engine thread, to the
+        session's hook ``observe_system(sample) -> str | None`` (the session
+        owns its memory guard).  A returned event ("memory guard: tighten
+        heap to ... (memory pressure warn)") is shown in the chat and logged;
+        the dashboard shows the new budget with the next stats.
         """
         self._sample = sample
 
@@ -241,7 +234,6 @@ class EngineWorker:
             elif isinstance(request, SetBudget):
                 session.set_budget(request.budget)
                 self.settings["budget"] = request.budget
-                self._mem_guard = None  # the user's new budget is the one to restore to
                 self.post(M.EngineNotice(f"budget set to {request.budget}"))
                 self._post_stats()
             elif isinstance(request, SetPolicy):
@@ -255,39 +247,37 @@ class EngineWorker:
                 self.post(M.EngineNotice("system prompt set"))
             elif isinstance(request, Clear):
                 session.clear()
-                self._mem_guard = None
                 self.post(M.EngineNotice("conversation cleared, heap emptied"))
                 self._post_stats()
             elif isinstance(request, Save):
                 self._save(session, request)
 
-    def _session_class(self) -> Any:
+    def _session_class(self) -> type[ChatSession]:
         if self._session_cls is None:
             self._session_cls = _default_session_cls()
         return self._session_cls
 
-    def _require(self) -> Any:
+    def _require(self) -> ChatSession:
         if self.session is None:
             raise UserError("no model loaded: fix the error above, then /resume a session or restart")
         return self.session
 
     def _ready(self) -> None:
-        name = getattr(self.session, "model_name", None) or "model"
+        name = self.session.model_name or "model"
         self.post(M.EngineReady(name, dict(self.settings)))
         self._post_stats()
 
     def _load(self, req: Load) -> None:
         self.post(M.EngineNotice(f"loading {req.model or 'the bundled model'}…"))
-        cls = self._session_class()
-        kwargs: dict[str, Any] = {}
-        if _accepts(cls.load, "progress"):  # hub downloads report what they fetch
-            kwargs["progress"] = lambda text: self.post(M.EngineNotice(_one_line(str(text))))
         options = dict(req.options)
-        self.session = cls.load(model=req.model, budget=req.budget, policy=req.policy, **options, **kwargs)
+        self.session = self._session_class().load(
+            model=req.model, budget=req.budget, policy=req.policy,
+            progress=lambda text: self.post(M.EngineNotice(_one_line(str(text)))),  # hub downloads
+            **options)
         self.settings.update(model=req.model, budget=req.budget, policy=req.policy, options=options)
         self._ready()
 
-    def _chat(self, session: Any, req: Chat) -> None:
+    def _chat(self, session: ChatSession, req: Chat) -> None:
         self.post(M.ReplyStarted(req.text))
         start = last_flush = last_stats = time.monotonic()
         pieces = 0
@@ -324,7 +314,7 @@ class EngineWorker:
         if error is not None:
             raise error
 
-    def _ingest(self, session: Any, req: Ingest) -> None:
+    def _ingest(self, session: ChatSession, req: Ingest) -> None:
         self.post(M.IngestStarted(req.path))
         last = [0.0, time.monotonic()]  # last progress post, last stats post
 
@@ -367,17 +357,12 @@ class EngineWorker:
             log.exception("mlx_memory failed")
         self.post(M.EngineStats(heap, throughput, mlx, report=report))
 
-    def _guard(self, session: Any) -> None:
+    def _guard(self, session: ChatSession) -> None:
         sample, self._sample = self._sample, None
         if sample is None:
             return
-        observe = getattr(session, "observe_system", None)
-        if observe is None:
-            observe = self._memory_guard(session)
-        if observe is None:
-            return
         try:
-            note = observe(sample)
+            note = session.observe_system(sample)
         except UserError as e:
             note = str(e)
         except Exception:  # noqa: BLE001 - the guard must not fail a request
@@ -387,29 +372,17 @@ class EngineWorker:
             log.info("memory guard: %s", note)
             self.post(M.EngineNotice(_one_line(note)))
 
-    def _memory_guard(self, session: Any) -> Callable[[Any], Any] | None:
-        """The library's MemoryGuard for this session (made on first use, on this thread)."""
-        if self._mem_guard is None or self._mem_guard.session is not session:
-            if not hasattr(session, "set_layer_budgets") or not hasattr(session, "cache"):
-                return None
-            try:
-                from mlx_kv.guard import MemoryGuard
-            except ImportError:
-                return None
-            self._mem_guard = MemoryGuard(session)
-        return self._mem_guard.observe
-
     def _store(self) -> SessionStore:
         if self.store is None:
             self.store = SessionStore()
         return self.store
 
-    def _save(self, session: Any, req: Save) -> None:
+    def _save(self, session: ChatSession, req: Save) -> None:
         saved = self._store().save(
             req.name,
-            list(getattr(session, "transcript", []) or []),
+            list(session.transcript),
             self.settings,
-            model=getattr(session, "model_name", None),
+            model=session.model_name,
             snapshot=session.save,
         )
         self.post(M.EngineNotice(f"saved session {req.name!r} ({len(saved.transcript)} messages)"))

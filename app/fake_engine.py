@@ -1,9 +1,11 @@
 """A scripted stand-in for ``mlx_kv.engine.Session``, without MLX.
 
 Why it lives in the package: the Pilot tests, the screenshot script and UI
-work on a machine without a model all need the same engine double, and it
-documents by example the interface the app relies on.  Its numbers are made
-up but shaped like a real heap: sinks, a young window, intermediate and
+work on a machine without a model all need the same engine double.  It
+implements ``mlx_kv.protocol.ChatSession`` like the real session (checked by
+tests/test_protocol.py), reads budgets with the library's reader, knows the
+library's policy names and runs the library's memory guard.  Its numbers are
+made up but shaped like a real heap: sinks, a young window, intermediate and
 tenured tiers, evictions once the budget is full, per-layer budgets, pillars.
 """
 
@@ -14,13 +16,18 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlx_kv.errors import UserError
+from mlx_kv.guard import MemoryGuard
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
+from mlx_kv.sizes import parse_budget, parse_bytes
 
-POLICIES = ("generational", "h2o", "snapkv", "tova", "streaming", "random", "surprise")
+# mlx_kv.policies.POLICIES, named here because importing it loads MLX (tests/test_protocol.py keeps them equal)
+POLICIES = ("h2o", "random", "snapkv", "streaming", "surprise", "tova")
+DEFAULT_POLICY = "h2o"
 BYTES_PER_TOKEN = 4096  # a tiny model: 2 layers x 2 KV heads x 64 dims x fp32 x K,V x 2
 DEFAULT_REPLY = (
     "The document says the **special magic number** is `7421`. "
@@ -31,27 +38,39 @@ DEFAULT_REPLY = (
 )
 
 
-def _parse_budget(budget: int | str | None) -> int:
-    """Tokens from a budget (int tokens, or '2GB'-style bytes)."""
-    if budget is None:
-        return 4096
-    if isinstance(budget, int):
-        if budget <= 0:
-            raise UserError("the budget must be greater than zero")
-        tokens = budget
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(budget).lower())
-        if not m:
-            raise UserError(f"bad budget {budget!r}: use bytes like 2GB or a token count like 8192")
-        scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
-        tokens = int(float(m.group(1)) * scale) // BYTES_PER_TOKEN
-    if tokens < 64:
-        raise UserError(f"budget of {tokens} tokens is smaller than sinks + window (64 tokens)")
+DEFAULT_BUDGET_TOKENS = 4096  # what None and "auto" give: the fake has no memory to measure
+SINKS, WINDOW = 4, 64
+
+
+def budget_tokens(budget: int | str | None) -> int:
+    """Tokens for a budget, read by the library's one budget reader (mlx_kv.sizes)."""
+    try:
+        value = DEFAULT_BUDGET_TOKENS if budget is None else parse_budget(budget)
+        tokens = value if isinstance(value, int) else (
+            DEFAULT_BUDGET_TOKENS if value == "auto" else parse_bytes(value) // BYTES_PER_TOKEN)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if tokens < SINKS + WINDOW + 1:
+        raise UserError(f"budget: {tokens} tokens per layer is smaller than sinks + window + 1 = {SINKS + WINDOW + 1}")
     return tokens
 
 
+@dataclass
+class FakeLayer:
+    """What the memory guard reads of one heap layer."""
+
+    budget: int
+    sinks: int = SINKS
+    window: int = WINDOW
+
+
+def _check_policy(name: str) -> None:
+    if name not in POLICIES:
+        raise UserError(f"policy: unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
 class FakeSession:
-    """Implements the engine's Session interface with timers instead of a model.
+    """Implements mlx_kv.protocol.ChatSession with timers instead of a model.
 
     Class attributes tune it for tests: ``piece_delay`` (seconds per generated
     piece), ``reply`` (the text to stream), ``ingest_delay`` (per chunk),
@@ -63,8 +82,8 @@ class FakeSession:
     ingest_delay = 0.0
     ingest_chunk = 512
     layers = 8
-    sinks_n = 4
-    window = 64
+    sinks_n = SINKS
+    window = WINDOW
 
     def __init__(self, model: str | None, budget_tokens: int, policy: str) -> None:
         self.model_name = model or "bundled: tiny-llama-2L"
@@ -80,19 +99,21 @@ class FakeSession:
         self._prefill_tps = 0.0
         self._decode_tps = 0.0
         self._peak = 0
+        self._guard: MemoryGuard | None = None
 
     # -- construction -------------------------------------------------------------
 
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
-             **options: Any) -> "FakeSession":
+             progress: Callable[[str], None] | None = None, **heap: Any) -> "FakeSession":
+        """Like Session.load; `heap` options are accepted and ignored."""
         if model is not None and model not in ("bundled",) and not os.path.isdir(model) and "/" not in model:
             raise UserError(f"model {model!r} is neither a local folder nor a hub id (org/name)")
         if model is not None and model.startswith("missing/"):
             raise UserError(f"hub id {model!r} not found (or offline and not cached)")
-        if policy is not None and policy not in POLICIES:
-            raise UserError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
-        return cls(model, _parse_budget(budget), policy or "generational")
+        if policy is not None:
+            _check_policy(policy)
+        return cls(model, budget_tokens(budget), policy or DEFAULT_POLICY)
 
     @classmethod
     def restore(cls, path: str) -> "FakeSession":
@@ -119,7 +140,8 @@ class FakeSession:
 
     # -- the interface --------------------------------------------------------------
 
-    def chat(self, message: str, max_tokens: int = 512, cancel: threading.Event | None = None) -> Iterator[str]:
+    def chat(self, message: str, max_tokens: int = 512, cancel: threading.Event | None = None,
+             temperature: float = 0.0) -> Iterator[str]:
         self.transcript.append({"role": "user", "content": message})
         self._see(message.split())
         pieces = re.findall(r"\S+\s*|\s+", self.reply)[:max_tokens]
@@ -222,17 +244,22 @@ class FakeSession:
     def throughput(self) -> Throughput:
         return Throughput(prefill_tps=self._prefill_tps, decode_tps=self._decode_tps)
 
-    def mlx_memory(self) -> dict:
+    def mlx_memory(self) -> dict[str, int]:
         active = 48_000_000 + min(self.tokens_seen, self.budget_tokens) * BYTES_PER_TOKEN
         self._peak = max(self._peak, active)
         return {"active": active, "peak": self._peak, "cache": 16_000_000}
 
+    def drift(self, window: int = 1024) -> dict[str, float]:
+        kept = min(self.tokens_seen, self.budget_tokens)
+        return {"kl": 0.0 if kept == self.tokens_seen else 0.05, "top1_agree": 1.0,
+                "tokens": min(window, self.tokens_seen), "seconds": 0.0, "exact": self.tokens_seen <= window}
+
     def set_budget(self, budget: int | str) -> None:
-        self.budget_tokens = _parse_budget(budget)
+        self.budget_tokens = budget_tokens(budget)
+        self._guard = None
 
     def set_policy(self, name: str) -> None:
-        if name not in POLICIES:
-            raise UserError(f"unknown policy {name!r}: choose one of {', '.join(POLICIES)}")
+        _check_policy(name)
         self.policy = name
 
     def set_system(self, text: str) -> None:
@@ -242,6 +269,22 @@ class FakeSession:
         self.transcript.clear()
         self.tokens_seen = self.evictions = self.promotions = self.compactions = 0
         self.words.clear()
+        self._guard = None
+
+    # -- the memory guard: the library's, over stand-in layers ------------------------
+
+    def observe_system(self, sample: Any) -> str | None:
+        if self._guard is None:
+            self._guard = MemoryGuard(self)
+        event = self._guard.observe(sample)
+        return str(event) if event is not None else None
+
+    @property
+    def cache(self) -> list[FakeLayer]:
+        return [FakeLayer(self.budget_tokens) for _ in range(self.layers)]
+
+    def set_layer_budgets(self, budgets: list[int]) -> None:
+        self.budget_tokens = budgets[0]
 
     # -- helpers ----------------------------------------------------------------------
 

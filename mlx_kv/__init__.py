@@ -12,7 +12,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "HeapConfig": "mlx_kv.config",
-    "parse_bytes": "mlx_kv.config",
+    "parse_bytes": "mlx_kv.sizes",
+    "parse_budget": "mlx_kv.sizes",
     "HeapKVCache": "mlx_kv.heap.layer",
     "make_heap_cache": "mlx_kv.heap.factory",
     "load_heap_cache": "mlx_kv.heap.factory",

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+from mlx_kv.sizes import parse_bytes
+
+__all__ = ["HeapConfig", "parse_bytes", "POSITIONS", "ALLOCATIONS"]
 
 POSITIONS = ("absolute", "cache")
 ALLOCATIONS = ("uniform", "pyramid", "entropy")
-
-
-def parse_bytes(text: str, field_name: str = "budget") -> int:
-    """Read a size like "2GB", "512 MiB" or "1.5gb" into bytes."""
-    match = _SIZE_RE.match(text)
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _SIZE_UNITS:
-        raise ValueError(
-            f"{field_name}: cannot read {text!r} as a size; use e.g. 2GB, 512MiB or 1000000"
-        )
-    value = float(match.group(1)) * _SIZE_UNITS[unit]
-    if value <= 0:
-        raise ValueError(f"{field_name}: size must be positive, got {text!r}")
-    return int(value)
 
 
 @dataclass
@@ -36,7 +18,8 @@ class HeapConfig:
     """How the generational heap sizes and collects each layer's cache.
 
     budget: tokens kept per layer (per KV head) as an int, bytes for the whole
-        heap as a string ("2GB"), or "auto" (from the machine's free memory).
+        heap as a string ("2GB", "512MiB", "2G"), or "auto" (from the
+        machine's free memory); the size syntax is mlx_kv.sizes'.
     sinks: first tokens of the stream, never evicted.
     window: the young generation: the most recent tokens, always kept.
     tenured: capacity of the tenured tier in tokens per layer; None gives a

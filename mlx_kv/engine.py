@@ -25,16 +25,20 @@ from mlx_kv.config import HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
+from mlx_kv.guard import MemoryGuard
 from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
 from mlx_kv.information import prefill, token_information, wants_information
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
 from mlx_kv.session_file import read_session_payload, write_session_file
+from mlx_kv.sizes import parse_budget
 
 PREFILL_CHUNK = 512
 
 
 class Session:
+    """A conversation on one model and its heap; implements mlx_kv.protocol.ChatSession."""
+
     def __init__(self, model: Any, tokenizer: Any, config: HeapConfig, model_name: str,
                  model_spec: str | None = None) -> None:
         self.model = model
@@ -51,6 +55,7 @@ class Session:
         self._prefill_tps = 0.0
         self._decode_tps = 0.0
         self._last_logits: mx.array | None = None
+        self._guard: MemoryGuard | None = None  # made at the first probe sample
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -219,6 +224,7 @@ class Session:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.config = config
+        self._guard = None  # the user's new budget is the one to restore to
 
     def set_layer_budgets(self, budgets: list[int]) -> None:
         """Per-layer token budgets, applied at once (the memory guard uses this)."""
@@ -240,6 +246,15 @@ class Session:
         self._fed_text = ""
         self._token_ids = array("i")
         self.cache = make_heap_cache(self.model, self.config)
+        self._guard = None  # a fresh heap at the user's budget
+
+    def observe_system(self, sample: Any) -> str | None:
+        """Feed one probe sample to this session's memory guard (mlx_kv.guard);
+        returns the budget change it made, as one line, or None."""
+        if self._guard is None:
+            self._guard = MemoryGuard(self)
+        event = self._guard.observe(sample)
+        return str(event) if event is not None else None
 
     def _heap_kwargs(self, keep_policy_args: bool = True) -> dict[str, Any]:
         """The current settings but budget and policy; a new policy starts from
@@ -385,11 +400,11 @@ def _peek_metadata(path: str) -> dict:
 
 def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, Any]) -> HeapConfig:
     fields = dict(extra)
-    if budget is not None:
-        fields["budget"] = budget
     if policy is not None:
         fields["policy"] = policy
     try:
+        if budget is not None:
+            fields["budget"] = parse_budget(budget)  # every form the CLI and the TUI read
         return HeapConfig(**fields)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None

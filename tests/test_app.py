@@ -475,24 +475,13 @@ async def test_memory_guard_hook_reports_in_the_chat(tmp_path):
 
 
 def test_worker_drives_the_library_memory_guard(tmp_path):
-    """Sessions without observe_system() but with set_layer_budgets() get mlx_kv.guard.MemoryGuard."""
-    from types import SimpleNamespace
-
+    """The worker hands samples to the session's hook; the fake runs mlx_kv.guard.MemoryGuard like Session."""
     from app import messages as M
     from app.engine_worker import Stats
 
-    class Layered(FakeSession):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.cache = [SimpleNamespace(budget=1024, sinks=4, window=64) for _ in range(2)]
-
-        def set_layer_budgets(self, budgets):
-            for layer, b in zip(self.cache, budgets):
-                layer.budget = b
-
     posted = []
-    worker = EngineWorker(posted.append, Layered, store=SessionStore(tmp_path))
-    worker.start()
+    worker = EngineWorker(posted.append, FakeSession, store=SessionStore(tmp_path))
+    worker.start(budget=1024)
     try:
         deadline = time.monotonic() + 5
         while worker.session is None and time.monotonic() < deadline:
@@ -505,7 +494,7 @@ def test_worker_drives_the_library_memory_guard(tmp_path):
         worker.stop()
     notes = [m.text for m in posted if isinstance(m, M.EngineNotice) and "guard" in m.text]
     assert notes and "tighten" in notes[0] and "512" in notes[0]
-    assert [l.budget for l in worker.session.cache] == [512, 512]
+    assert [l.budget for l in worker.session.cache] == [512] * FakeSession.layers
 
 
 def test_app_does_not_import_mlx_strict():
@@ -537,7 +526,7 @@ def test_heap_options_from_the_command_line_reach_the_session():
 
     class Recording(FakeSession):
         @classmethod
-        def load(cls, model=None, budget=None, policy=None, **options):
+        def load(cls, model=None, budget=None, policy=None, progress=None, **options):
             seen.update(options)
             return super().load(model, budget, policy)
 

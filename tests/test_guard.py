@@ -32,3 +32,19 @@ def test_pressure_shrinks_the_budget_and_calm_restores_it(tiny_model_dir):
     assert budgets[-1] == 400 and guard.events[-1].action == "relax"
     assert "memory pressure warn" in trace[1][3] and "swapping out" in trace[2][3]
     assert session.cache[0].keys.shape[2] <= 50 or budgets[-1] == 400
+
+
+def test_the_session_owns_its_guard_and_a_new_budget_resets_it(tiny_model_dir):
+    session = Session.load(str(tiny_model_dir), budget=400, window=16)
+    assert session.observe_system(FakeSample()) is None
+    note = session.observe_system(FakeSample("warn"))
+    assert note == "memory guard: tighten heap to 200 tokens/layer (memory pressure warn)"
+    assert session.cache[0].budget == 200
+    session.set_budget(300)  # the user's new budget: calm samples restore to it, not to 400
+    assert session.observe_system(FakeSample("critical")).startswith("memory guard: tighten heap to 150")
+    for _ in range(4):
+        assert session.observe_system(FakeSample()) is None
+    assert "relax heap to 300" in session.observe_system(FakeSample())
+    session.observe_system(FakeSample("warn"))
+    session.clear()  # a fresh heap at the user's budget, and a fresh guard
+    assert session.cache[0].budget == 300 and session.observe_system(FakeSample()) is None

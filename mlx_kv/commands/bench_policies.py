@@ -1,0 +1,36 @@
+"""Policy names and variants (h2o+q4, ...) checked before a benchmark loads a model."""
+
+from __future__ import annotations
+
+from mlx_kv.errors import UserError
+
+
+def saved_profile(model: str | None) -> str | None:
+    """The saved `mlx-kv profile` of a model, if there is one."""
+    from mlx_kv.models import resolve_model_path
+    from mlx_kv.profile import find_profile
+
+    try:
+        found = find_profile(resolve_model_path(model))
+    except UserError:
+        return None
+    return str(found) if found else None
+
+
+def check_policies(policies: list[str], model: str | None, *, also: tuple[str, ...] = ()) -> str | None:
+    """Refuse an unknown policy or variant before a model loads; returns the
+    model's saved profile (for +entropy)."""
+    from mlx_kv.bench.variants import policy_config
+    from mlx_kv.policies import POLICIES
+
+    profile = saved_profile(model)
+    for policy in (p for p in policies if p not in also):
+        name = policy.split("+")[0]
+        if name not in POLICIES:
+            raise UserError(f"policies: unknown policy {name!r}; choose from {', '.join((*also, *POLICIES))}"
+                            " (variants: +q4, +q8, +pyramid, +entropy, +noiseX, +arg=value)")
+        try:
+            policy_config(policy, profile)
+        except ValueError as exc:
+            raise UserError(f"policies: {policy!r}: {str(exc).removeprefix('policies: ')}") from None
+    return profile

@@ -1,0 +1,40 @@
+"""`mlx-kv profile`: measure per-layer attention entropy and save it for allocation="entropy"."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mlx_kv.commands.options import SubParsers, add_model_options
+from mlx_kv.errors import UserError
+
+
+def add_parser(sub: SubParsers) -> None:
+    p = sub.add_parser("profile", help="measure per-layer attention entropy and save it beside the model")
+    add_model_options(p)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=1024)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlx_kv.models import load_model, resolve_model_path
+    from mlx_kv.profile import profile_model, profile_path, save_profile
+
+    if args.prompts < 1 or args.tokens < 64:
+        raise UserError("profile: --prompts must be >= 1 and --tokens >= 64")
+    path = resolve_model_path(args.model)
+    model, tokenizer, name = load_model(str(path), weights=args.weights)
+    profile = profile_model(model, tokenizer, prompts=args.prompts, tokens=args.tokens)
+    target = profile_path(path)
+    save_profile(profile, target)
+    if args.json:
+        print(json.dumps(profile))
+    else:
+        print(f"{'layer':>5} {'entropy':>8} {'top1%':>7} {'top5%':>7}")
+        for i, layer in enumerate(profile["layers"]):
+            print(f"{i:>5} {layer['entropy']:>8.3f} {layer['top1']:>7.1%} {layer['top5']:>7.1%}")
+    print(f"profile of {name} saved to {target}", file=sys.stderr)
+    return 0
