@@ -219,9 +219,12 @@ def _build_document(
     n_tokens: int,
     rng: random.Random,
     inserts: list[tuple[float, str]],
+    filler=None,
 ) -> str:
     """Filler of about ``n_tokens`` tokens with ``inserts`` (depth, sentence)
-    placed at their depths (fractions of the document, in tokens)."""
+    placed at their depths (fractions of the document, in tokens). ``filler``
+    gives the next sentence (real prose, mlx_kv.haystack); by default the
+    sentences are generated."""
     insert_tokens = sum(_encode_len(tokenizer, " " + s) for _, s in inserts)
     budget = max(n_tokens - insert_tokens, 0)
     # sentences with their token counts (tokens are close to additive at spaces)
@@ -229,7 +232,7 @@ def _build_document(
     lens: list[int] = []
     total = 0
     while total < budget:
-        s = _filler_sentence(rng)
+        s = filler() if filler is not None else _filler_sentence(rng)
         k = _encode_len(tokenizer, " " + s)
         sents.append(s)
         lens.append(k)
@@ -268,10 +271,10 @@ def _spread(rng: random.Random, k: int, lo: float = 0.0, hi: float = 1.0) -> lis
     return [rng.uniform(lo, hi) for _ in range(k)]
 
 
-def _single_needle(tokenizer, n_tokens, depth, rng):
+def _single_needle(tokenizer, n_tokens, depth, rng, filler=None):
     key = rng.choice(KEYS)
     value = rng.choice(VALUES)
-    doc = _build_document(tokenizer, n_tokens, rng, [(depth, _needle(key, value))])
+    doc = _build_document(tokenizer, n_tokens, rng, [(depth, _needle(key, value))], filler)
     q = f"What is the special magic number for {key} ?"
     return doc, q, (value,)
 
@@ -280,43 +283,43 @@ def _n_facts(n_tokens: int, rng: random.Random, lo: int, hi: int) -> int:
     return rng.randint(lo, hi)
 
 
-def _multi_key(tokenizer, n_tokens, depth, rng):
+def _multi_key(tokenizer, n_tokens, depth, rng, filler=None):
     n = _n_facts(n_tokens, rng, 2, 6)
     keys = rng.sample(KEYS, n)
     values = [rng.choice(VALUES) for _ in keys]
     inserts = [(depth, _needle(keys[0], values[0]))]
     inserts += [(d, _needle(k, v)) for d, k, v in zip(_spread(rng, n - 1), keys[1:], values[1:])]
-    doc = _build_document(tokenizer, n_tokens, rng, inserts)
+    doc = _build_document(tokenizer, n_tokens, rng, inserts, filler)
     q = f"What is the special magic number for {keys[0]} ?"
     return doc, q, (values[0],)
 
 
-def _multi_value(tokenizer, n_tokens, depth, rng):
+def _multi_value(tokenizer, n_tokens, depth, rng, filler=None):
     key = rng.choice(KEYS)
     n = rng.randint(2, 4)
     values = rng.sample(VALUES, n)
     depths = [depth] + sorted(_spread(rng, n - 1, depth, 1.0))
     doc = _build_document(
-        tokenizer, n_tokens, rng, [(d, _needle(key, v)) for d, v in zip(depths, values)]
+        tokenizer, n_tokens, rng, [(d, _needle(key, v)) for d, v in zip(depths, values)], filler
     )
     q = f"What are all the special magic numbers for {key} ?"
     return doc, q, tuple(values)
 
 
-def _multi_query(tokenizer, n_tokens, depth, rng):
+def _multi_query(tokenizer, n_tokens, depth, rng, filler=None):
     n = rng.randint(2, 6)
     nq = rng.randint(2, min(n, 4))
     keys = rng.sample(KEYS, n)
     values = [rng.choice(VALUES) for _ in keys]
     depths = [depth] + _spread(rng, n - 1)
     inserts = [(d, _needle(k, v)) for d, k, v in zip(depths, keys, values)]
-    doc = _build_document(tokenizer, n_tokens, rng, inserts)
+    doc = _build_document(tokenizer, n_tokens, rng, inserts, filler)
     asked = keys[:nq]
     q = "What are the special magic numbers for " + " , ".join(asked[:-1]) + f" and {asked[-1]} ?"
     return doc, q, tuple(values[:nq])
 
 
-def _variable_tracking(tokenizer, n_tokens, depth, rng):
+def _variable_tracking(tokenizer, n_tokens, depth, rng, filler=None):
     hops = rng.randint(2, 5)
     names = rng.sample(VAR_NAMES, hops)
     value = rng.choice(VALUES)
@@ -331,12 +334,12 @@ def _variable_tracking(tokenizer, n_tokens, depth, rng):
     depths = [depth] + sorted(_spread(rng, hops - 1, depth, 1.0))
     d_depths = sorted(_spread(rng, d_hops))
     inserts = list(zip(depths, stmts)) + list(zip(d_depths, d_stmts))
-    doc = _build_document(tokenizer, n_tokens, rng, inserts)
+    doc = _build_document(tokenizer, n_tokens, rng, inserts, filler)
     q = f"Find all variables that are assigned the value {value} ."
     return doc, q, tuple(names)
 
 
-def _common_words(tokenizer, n_tokens, depth, rng):
+def _common_words(tokenizer, n_tokens, depth, rng, filler=None):
     k = 3
     common = rng.sample(CWE_WORDS, k)
     others = [w for w in CWE_WORDS if w not in common]
@@ -378,19 +381,20 @@ _GENERATORS = {
 }
 
 
-def make_sample(task: str, n_tokens: int, tokenizer, depth: float = 0.5, seed: int = 0) -> Sample:
+def make_sample(task: str, n_tokens: int, tokenizer, depth: float = 0.5, seed: int = 0, haystack=None) -> Sample:
     """One seeded sample of ``task`` with a document of about ``n_tokens`` tokens.
 
     ``depth`` in [0, 1] places the (first) needle at that fraction of the
-    document. The same (task, n_tokens, depth, seed) and tokenizer give the same
-    sample.
+    document. The same (task, n_tokens, depth, seed), tokenizer and haystack
+    (None: generated filler; else a mlx_kv.haystack.Prose) give the same sample.
     """
     if task not in _GENERATORS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     rng = random.Random(f"{task}:{seed}")
-    doc, q, ans = _GENERATORS[task](tokenizer, int(n_tokens), float(depth), rng)
+    filler = haystack.filler(random.Random(f"{task}:{seed}:haystack")) if haystack is not None else None
+    doc, q, ans = _GENERATORS[task](tokenizer, int(n_tokens), float(depth), rng, filler)
     return Sample(task=task, context=doc, question=q, answer=tuple(ans), depth=float(depth), seed=seed)
 
 

@@ -1,19 +1,27 @@
 """`mlx-kv bench niah`: retrieval accuracy per task x policy x pruning ratio x setting.
 
-aware: the question is part of the prefill that the heap compresses (one
-    pass, so the observation window sees it, as in SnapKV's setting).
-agnostic: the document is prefilled and compressed first; the question
-    arrives afterwards, as in a chat where a document is loaded before anyone
-    asks about it.
+The document sits in a user turn of the model's own chat template
+(mlx_kv.chat_format); a prune ratio r keeps (1 - r) of the document's tokens
+per layer (the question and the answer are extra, as in kvpress: only the
+context is compressed). Settings:
+  stream    question-agnostic, the heap's own mode: the document is fed in
+            chunks and the budget holds after every chunk, as in a session
+            that streams a long document (a million tokens need it);
+  compress  question-agnostic, kvpress's and KVzip's protocol: one exact
+            prefill of the document, one compression at its end;
+  aware     the question appended to the document's turn, one prefill, one
+            compression after the question.
+The question comes in the next user turn in both agnostic settings.
 `full` is mlx-lm's KVCache: the reference every ratio is compared with.
-A prune ratio r keeps (1 - r) of the document's tokens per layer.
 A heap policy name takes variants after `+` (see mlx_kv.bench.variants);
-`kv_bytes` is the cache's mean nbytes when the answer starts, so variants
-compare memory and accuracy together.
+`kv_bytes` is the cache's nbytes when the answer starts, so variants compare
+memory and accuracy together. `export_samples` writes the same prompts as
+token ids for an external referee (scripts/kvpress_referee.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -23,12 +31,15 @@ from mlx_lm.models.cache import KVCache
 
 from mlx_kv.attention import uninstall
 from mlx_kv.bench.variants import policy_config
+from mlx_kv.chat_format import ChatFormat
 from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.information import prefill
-from mlx_kv.tasks import answer_text, format_prompt, make_sample
+from mlx_kv.tasks import answer_text, make_sample
 
 CHUNK = 512
 EVAL_SEED_BASE = 10**9  # training uses seeds below this
+SETTINGS = ("stream", "compress", "aware")
+ALIASES = {"agnostic": ("stream",), "both": ("aware", "stream"), "all": SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class Cell:
     trials: int
     correct: float
     kv_bytes: float = 0.0
+    haystack: str = "filler"
 
     @property
     def accuracy(self) -> float:
@@ -49,9 +61,26 @@ class Cell:
     def as_dict(self) -> dict[str, Any]:
         lo, hi = wilson_interval(self.correct, self.trials)
         return {"task": self.task, "policy": self.policy, "prune_ratio": self.prune_ratio,
-                "setting": self.setting, "context_tokens": self.context_tokens, "trials": self.trials,
-                "accuracy": round(self.accuracy, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
-                "kv_bytes": int(self.kv_bytes)}
+                "setting": self.setting, "context_tokens": self.context_tokens, "haystack": self.haystack,
+                "trials": self.trials, "accuracy": round(self.accuracy, 4), "ci_low": round(lo, 4),
+                "ci_high": round(hi, 4), "kv_bytes": int(self.kv_bytes)}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One sample as token ids: what each setting feeds."""
+
+    doc: list[int]  # the conversation up to the end of the document's turn: what is compressed
+    question: list[int]  # the question's turn and the generation prompt (agnostic settings)
+    aware: list[int]  # document and question in one prefill, up to the generation prompt
+    answer_limit: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    score: float
+    kv_bytes: int
+    prediction: str
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -78,9 +107,26 @@ class Runner:
         self.profile = profile  # `mlx-kv profile` output, for +entropy
         self.sinks, self.window, self.max_answer = sinks, window, max_answer_tokens
         self.eos = set(getattr(tokenizer, "eos_token_ids", None) or [])
+        self.format = ChatFormat.probe(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt(self, sample) -> Prompt:
+        doc = [{"role": "document", "content": sample.context}]
+        question = {"role": "user", "content": sample.question}
+        doc_text = self.format.stable_prefix(self.tokenizer, doc)
+        full = self.format.render(self.tokenizer, doc + [question], add_generation_prompt=True)
+        if not full.startswith(doc_text):  # (stable_prefix guarantees it; a template could still surprise)
+            raise ValueError("the chat template rewrites the document's turn once the question follows")
+        if self.format.document_role:  # a model trained with its own document turn keeps it
+            aware = full
+        else:
+            merged = {"role": "user", "content": sample.context + "\n\n" + sample.question}
+            aware = self.format.render(self.tokenizer, [merged], add_generation_prompt=True)
+        # room for a real model to echo the question ("The special magic number for X is ...")
+        limit = min(self.max_answer, len(self.encode(answer_text(sample))) + 24)
+        return Prompt(self.encode(doc_text), self.encode(full[len(doc_text):]), self.encode(aware), limit)
 
     def make_cache(self, policy: str, budget: int) -> list:
         if policy == "full":
@@ -93,62 +139,108 @@ class Runner:
                 chunk: int = CHUNK) -> mx.array:
         return prefill(self.model, cache, tokens, chunk=chunk, previous=previous)[0]
 
-    def answer(self, cache: list, logits: mx.array, limit: int) -> str:
+    def answer(self, cache: list, logits: mx.array, limit: int, enough: Callable[[str], bool] | None = None) -> str:
+        """The greedy reply, up to `limit` tokens, EOS, or until `enough(text)`
+        (once every expected item is there, more tokens cannot change the score)."""
         out: list[int] = []
         for _ in range(limit):
             token = int(mx.argmax(logits).item())
             if token in self.eos:
                 break
             out.append(token)
+            if enough is not None and enough(self.tokenizer.decode(out)):
+                break
             logits = self.model(mx.array([[token]]), cache=cache)[0, -1]
         return self.tokenizer.decode(out)
 
-    def trial(self, sample, policy: str, prune_ratio: float, setting: str) -> float:
-        doc = format_prompt(self.tokenizer, sample, include_question=False)
-        full = format_prompt(self.tokenizer, sample, include_question=True)
-        doc_tokens = self.encode(doc)
-        budget = heap_budget(len(doc_tokens), prune_ratio, self.sinks, self.window)
-        cache = self.make_cache(policy, budget)
-        limit = min(self.max_answer, len(self.encode(answer_text(sample))) + 8)
-        if setting == "aware" or not full.startswith(doc):
-            # One pass: the heap compresses once, after the question's queries
-            # have attended (SnapKV's setting); chunked, it would compress the
-            # document before the question arrived, as in the agnostic setting.
-            tokens = self.encode(full)
-            logits = self.prefill(cache, tokens, chunk=len(tokens))
+    def trial(self, sample, policy: str, prune_ratio: float, setting: str, prompt: Prompt | None = None) -> Trial:
+        if setting not in SETTINGS:
+            raise ValueError(f"setting: {setting!r} is not one of {', '.join(SETTINGS)}")
+        p = prompt or self.prompt(sample)
+        keep = heap_budget(len(p.doc), prune_ratio, self.sinks, self.window)
+        if setting == "aware":
+            cache = self.make_cache(policy, keep + len(p.aware) - len(p.doc))
+            logits = self.prefill(cache, p.aware, chunk=len(p.aware))
         else:
-            logits = self.prefill(cache, doc_tokens)
-            logits = self.prefill(cache, self.encode(full[len(doc):]), previous=logits)
-        self.last_kv_bytes = sum(c.nbytes for c in cache)
-        prediction = self.answer(cache, logits, limit)
-        return float(sample.score(prediction))
+            cache = self.make_cache(policy, keep)
+            logits = self.prefill(cache, p.doc, chunk=CHUNK if setting == "stream" else len(p.doc))
+            _widen(cache, len(p.question))  # only the document is compressed
+            logits = self.prefill(cache, p.question, previous=logits, chunk=len(p.question))
+        kv_bytes = sum(c.nbytes for c in cache)
+        _widen(cache, p.answer_limit)
+        prediction = self.answer(cache, logits, p.answer_limit, enough=lambda text: sample.score(text) == 1.0)
+        return Trial(float(sample.score(prediction)), kv_bytes, prediction)
+
+
+def _widen(cache: list, tokens: int) -> None:
+    """Room for `tokens` more without evicting (a no-op for KVCache)."""
+    for layer in cache:
+        if hasattr(layer, "set_budget"):
+            layer.set_budget(layer.budget + tokens)
+
+
+def make_samples(tokenizer: Any, task: str, context: int, trials: int, seed: int,
+                 depths: Iterable[float] | None = None, haystack=None) -> list:
+    """The evaluation samples of one task (seeds above the training range)."""
+    return [make_sample(task, context, tokenizer, depth=_depth(i, trials, depths), seed=EVAL_SEED_BASE + seed + i,
+                        haystack=haystack) for i in range(trials)]
 
 
 def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: Iterable[str],
                ratios: Iterable[float], settings: Iterable[str], context: int, trials: int, seed: int,
                window: int = 32, emit: Callable[[Cell], None] = lambda c: None,
-               depths: Iterable[float] | None = None, profile: str | None = None) -> list[Cell]:
-    """Every (task, setting, policy, ratio) on the same samples; `full` once per setting."""
+               depths: Iterable[float] | None = None, profile: str | None = None, haystack=None,
+               details: Callable[[dict], None] | None = None) -> list[Cell]:
+    """Every (task, setting, policy, ratio) on the same samples; `full` once per prompt shape."""
     runner = Runner(model, tokenizer, window=window, profile=profile)
     policies, ratios, settings = list(policies), list(ratios), list(settings)
+    name = haystack.name if haystack is not None else "filler"
     cells = []
     try:
         for task in tasks:
-            samples = [make_sample(task, context, tokenizer, depth=_depth(i, trials, depths),
-                                   seed=EVAL_SEED_BASE + seed + i) for i in range(trials)]
+            samples = make_samples(tokenizer, task, context, trials, seed, depths, haystack)
+            prompts = [runner.prompt(s) for s in samples]
+            shapes_done: set[str] = set()
             for setting in settings:
                 for policy in policies:
+                    if policy == "full":  # once per prompt shape: stream and compress feed KVCache alike
+                        if _shape(setting) in shapes_done:
+                            continue
+                        shapes_done.add(_shape(setting))
                     for ratio in ([0.0] if policy == "full" else ratios):
                         correct, kv_bytes = 0.0, 0
-                        for s in samples:
-                            correct += runner.trial(s, policy, ratio, setting)
-                            kv_bytes += runner.last_kv_bytes
-                        cell = Cell(task, policy, ratio, setting, context, trials, correct, kv_bytes / max(1, trials))
+                        for sample, prompt in zip(samples, prompts):
+                            result = runner.trial(sample, policy, ratio, setting, prompt)
+                            correct += result.score
+                            kv_bytes += result.kv_bytes
+                            if details is not None:
+                                details({"task": task, "policy": policy, "prune_ratio": ratio, "setting": setting,
+                                         "seed": sample.seed, "depth": sample.depth, "score": result.score,
+                                         "prediction": result.prediction})
+                        cell = Cell(task, policy, ratio, setting, context, trials, correct,
+                                    kv_bytes / max(1, trials), name)
                         cells.append(cell)
                         emit(cell)
     finally:
         uninstall(model)
     return cells
+
+
+def export_samples(tokenizer: Any, path: str, *, tasks: Iterable[str], context: int, trials: int, seed: int,
+                   depths: Iterable[float] | None = None, haystack=None) -> int:
+    """The agnostic prompts as token ids (JSONL), for a referee outside MLX."""
+    runner = Runner(None, tokenizer)
+    count = 0
+    with open(path, "w") as f:
+        for task in tasks:
+            for sample in make_samples(tokenizer, task, context, trials, seed, depths, haystack):
+                p = runner.prompt(sample)
+                f.write(json.dumps({"id": f"{task}-{sample.seed}", "task": task, "depth": sample.depth,
+                                    "context_tokens": context, "doc_ids": p.doc, "question_ids": p.question,
+                                    "aware_ids": p.aware, "answers": list(sample.answer),
+                                    "max_new_tokens": p.answer_limit}) + "\n")
+                count += 1
+    return count
 
 
 def _depth(i: int, trials: int, depths: Iterable[float] | None) -> float:
@@ -160,21 +252,25 @@ def _depth(i: int, trials: int, depths: Iterable[float] | None) -> float:
 
 
 def grid(model: Any, tokenizer: Any, *, policy: str, ratio: float, setting: str, lengths: list[int],
-         depths: list[float], trials: int, seed: int, window: int = 32) -> list[dict]:
+         depths: list[float], trials: int, seed: int, window: int = 32, haystack=None) -> list[dict]:
     """Single-needle accuracy over a length x depth grid."""
     runner = Runner(model, tokenizer, window=window)
     rows = []
     try:
         for length in lengths:
             for depth in depths:
-                samples = [make_sample("single_needle", length, tokenizer, depth=depth, seed=EVAL_SEED_BASE + seed + i)
-                           for i in range(trials)]
-                acc = sum(runner.trial(s, policy, ratio, setting) for s in samples) / trials
+                samples = make_samples(tokenizer, "single_needle", length, trials, seed, [depth], haystack)
+                acc = sum(runner.trial(s, policy, ratio, setting).score for s in samples) / trials
                 rows.append({"policy": policy, "prune_ratio": ratio, "setting": setting,
                              "context_tokens": length, "depth": depth, "trials": trials, "accuracy": acc})
     finally:
         uninstall(model)
     return rows
+
+
+def _shape(setting: str) -> str:
+    """The prompt a setting feeds: the full cache gives the same answer in both agnostic settings."""
+    return "aware" if setting == "aware" else "agnostic"
 
 
 def format_table(cells: list[Cell]) -> str:
@@ -185,12 +281,13 @@ def format_table(cells: list[Cell]) -> str:
     keyed = {(c.task, c.setting, c.policy, c.prune_ratio): c for c in cells}
     for task in dict.fromkeys(c.task for c in cells):
         for setting in dict.fromkeys(c.setting for c in cells):
-            full = keyed.get((task, setting, "full", 0.0))
+            full = next((c for c in cells if c.task == task and c.policy == "full"
+                         and _shape(c.setting) == _shape(setting)), None)
             if full:
                 lo, hi = wilson_interval(full.correct, full.trials)
                 lines.append(f"{task:<18} {setting:<9} {'full':<10} " +
                              f"{full.accuracy:>6.0%} [{lo:.0%}-{hi:.0%}] (all ratios)")
-            for policy in dict.fromkeys(c.policy for c in cells if c.policy != "full"):
+            for policy in dict.fromkeys(c.policy for c in cells if c.policy != "full" and c.setting == setting):
                 parts = []
                 for r in ratios:
                     c = keyed.get((task, setting, policy, r))
