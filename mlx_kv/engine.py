@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_unflatten
 
 from mlx_kv.budget import kv_geometry
 from mlx_kv.config import HeapConfig
@@ -391,8 +392,16 @@ class Session:
 
 
 def _peek_metadata(path: str) -> dict:
-    _, meta = mx.load(path, return_metadata=True)
-    return {k[2:]: v for k, v in meta.items() if k.startswith("0.")}
+    """A saved session's own metadata (which model to load) before the heap is built.
+
+    mlx-lm's only public reader of it is load_prompt_cache, which builds every
+    layer's cache, and restoring a heap needs the model first. The file's
+    safetensors metadata is the tree [metadata, classes, scalars] that
+    save_prompt_cache flattens; it is unflattened here as load_prompt_cache
+    does (tests/test_engine.py restores without a model, so a change in
+    mlx-lm's layout fails there)."""
+    _, flat = mx.load(path, return_metadata=True)
+    return tree_unflatten(list(flat.items()))[0]
 
 
 def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, Any]) -> HeapConfig:
