@@ -34,6 +34,7 @@ from mlx_kv.session_file import read_session_payload, write_session_file
 from mlx_kv.sizes import parse_budget
 
 PREFILL_CHUNK = 512
+SESSION_POSITIONS = "cache"  # long chats stay inside the trained positions
 
 
 class Session:
@@ -60,7 +61,7 @@ class Session:
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
              progress: Callable[[str], None] | None = None, **heap: Any) -> "Session":
-        heap.setdefault("positions", "cache")  # long chats stay inside the trained positions
+        heap.setdefault("positions", SESSION_POSITIONS)
         if heap.get("allocation") == "entropy" and not heap.get("profile"):
             from mlx_kv.models import resolve_model_path
             from mlx_kv.profile import find_profile

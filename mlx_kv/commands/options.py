@@ -8,6 +8,9 @@ import sys
 from typing import Any, Callable, NoReturn, Protocol
 
 HEAP_FLAGS = ("window", "sinks", "positions", "allocation", "cold_bits")
+# mlx_kv.policies.POLICIES, spelled out so that --help does not load MLX
+# (tests/test_cli.py keeps the two equal).
+POLICY_NAMES = ("h2o", "tova", "snapkv", "streaming", "random", "surprise")
 
 
 class SubParsers(Protocol):
@@ -48,7 +51,7 @@ def add_heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="hub id, local folder, or omit for the bundled model")
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="tokens per layer (1024), a size for the whole heap (2GB, 512MiB, 2G = 2GB), or auto")
-    p.add_argument("--policy", default=None, help="h2o, tova, snapkv, streaming, random")
+    p.add_argument("--policy", default=None, help=", ".join(POLICY_NAMES) + " (default h2o)")
     p.add_argument("--window", type=int, default=None, help="young generation size (tokens)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
     p.add_argument("--positions", choices=("absolute", "cache"), default=None,
