@@ -116,7 +116,7 @@ class FakeSession:
         return cls(model, budget_tokens(budget), policy or DEFAULT_POLICY)
 
     @classmethod
-    def restore(cls, path: str) -> "FakeSession":
+    def restore(cls, path: str, progress: Callable[[str], None] | None = None) -> "FakeSession":
         try:
             data = json.loads(Path(path + ".json").read_text())
         except (OSError, ValueError) as e:

@@ -362,7 +362,8 @@ class Session:
         write_session_file(path, lambda tmp: save_prompt_cache(tmp, self.cache, metadata=meta))
 
     @classmethod
-    def restore(cls, path: str, model: Any = None, tokenizer: Any = None) -> "Session":
+    def restore(cls, path: str, progress: Callable[[str], None] | None = None,
+                model: Any = None, tokenizer: Any = None) -> "Session":
         payload = read_session_payload(path)
         fd, tmp = tempfile.mkstemp(suffix=".safetensors")
         try:
@@ -370,7 +371,7 @@ class Session:
                 f.write(payload)
             if model is None:
                 meta = _peek_metadata(tmp)
-                model, tokenizer, _ = load_model(meta.get("model") or None)
+                model, tokenizer, _ = load_model(meta.get("model") or None, progress)
             cache, meta = load_heap_cache(tmp, return_metadata=True, model=model)
         except UserError:
             raise

@@ -39,8 +39,8 @@ class ChatSession(Protocol):
         ...
 
     @classmethod
-    def restore(cls, path: str) -> ChatSession:
-        """A session saved with `save`, model included."""
+    def restore(cls, path: str, progress: Callable[[str], None] | None = None) -> ChatSession:
+        """A session saved with `save`, model included (loading it reports to `progress`)."""
         ...
 
     def chat(self, message: str, max_tokens: int = 512, cancel: threading.Event | None = None,
