@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol
+
+if TYPE_CHECKING:
+    from mlx_kv.engine import Session
 
 HEAP_FLAGS = ("window", "sinks", "positions", "allocation", "cold_bits")
 # mlx_kv.policies.POLICIES, spelled out so that --help does not load MLX
@@ -71,7 +74,7 @@ def heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in HEAP_FLAGS if getattr(args, k, None) is not None}
 
 
-def open_session(args: argparse.Namespace) -> Any:
+def open_session(args: argparse.Namespace) -> Session:
     """A Session from the heap options; loading notes go to stderr."""
     from mlx_kv.engine import Session
 
