@@ -65,7 +65,7 @@ def ui_handler(method: Callable) -> Callable:
             if inspect.isawaitable(result):
                 await result
         except NoMatches:
-            if main.is_attached and not self._closing:
+            if main.is_attached and self.is_running:
                 raise
 
     return wrapper

@@ -272,10 +272,14 @@ class EngineWorker:
         options = dict(req.options)
         self.session = self._session_class().load(
             model=req.model, budget=req.budget, policy=req.policy,
-            progress=lambda text: self.post(M.EngineNotice(_one_line(str(text)))),  # hub downloads
+            progress=self._note,  # hub downloads report what they fetch
             **options)
         self.settings.update(model=req.model, budget=req.budget, policy=req.policy, options=options)
         self._ready()
+
+    def _note(self, text: str) -> None:
+        """A session's loading note, as a line in the chat."""
+        self.post(M.EngineNotice(_one_line(str(text))))
 
     def _chat(self, session: ChatSession, req: Chat) -> None:
         self.post(M.ReplyStarted(req.text))
@@ -396,10 +400,10 @@ class EngineWorker:
         cls = self._session_class()
         settings = {**self.settings, **saved.settings}
         if saved.snapshot_path:
-            session = cls.restore(saved.snapshot_path)
+            session = cls.restore(saved.snapshot_path, progress=self._note)
         else:
             session = cls.load(model=settings.get("model"), budget=settings.get("budget"), policy=settings.get("policy"),
-                               **(settings.get("options") or {}))
+                               progress=self._note, **(settings.get("options") or {}))
             if settings.get("system"):
                 session.set_system(settings["system"])
         self.session = session  # the old session is released only once the new one is up

@@ -105,7 +105,7 @@ class FakeSession:
 
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
-             progress: Callable[[str], None] | None = None, **heap: Any) -> "FakeSession":
+             progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> "FakeSession":
         """Like Session.load; `heap` options are accepted and ignored."""
         if model is not None and model not in ("bundled",) and not os.path.isdir(model) and "/" not in model:
             raise UserError(f"model {model!r} is neither a local folder nor a hub id (org/name)")
@@ -116,7 +116,7 @@ class FakeSession:
         return cls(model, budget_tokens(budget), policy or DEFAULT_POLICY)
 
     @classmethod
-    def restore(cls, path: str) -> "FakeSession":
+    def restore(cls, path: str, progress: Callable[[str], None] | None = None) -> "FakeSession":
         try:
             data = json.loads(Path(path + ".json").read_text())
         except (OSError, ValueError) as e:

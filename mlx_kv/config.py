@@ -46,6 +46,9 @@ class HeapConfig:
     cold_bits: store the intermediate tier at 8 or 4 bits (per-token affine
         quantization, see mlx_kv.heap.cold); None keeps every token at the
         model's dtype. Tenured tokens, sinks and the young window always do.
+        The cold tier is rebuilt at each compaction, so it compacts at every
+        collection: with cold_bits set, compact_threshold must be 0.0 (any
+        other value is an error rather than being ignored).
     allocation: how the total is split across layers: "uniform", "pyramid"
         (more for lower layers, PyramidKV) or "entropy" (in proportion to
         each layer's measured attention entropy; needs `profile`, the JSON
@@ -127,6 +130,9 @@ class HeapConfig:
             raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")
         if self.cold_bits is not None and (isinstance(self.cold_bits, bool) or self.cold_bits not in (4, 8)):
             raise ValueError(f"cold_bits: must be 4, 8 or None, got {self.cold_bits!r}")
+        if self.cold_bits is not None and float(self.compact_threshold) != 0.0:
+            raise ValueError(f"compact_threshold: the cold tier (cold_bits={self.cold_bits}) is rebuilt at each "
+                             f"compaction, so it needs compact_threshold=0, got {self.compact_threshold}")
         if not (float(self.rank_noise) >= 0.0):
             raise ValueError(f"rank_noise: must be >= 0, got {self.rank_noise}")
 

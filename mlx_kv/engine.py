@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_unflatten
 
 from mlx_kv.budget import kv_geometry
 from mlx_kv.chat_format import ChatFormat
@@ -34,6 +35,7 @@ from mlx_kv.session_file import read_session_payload, write_session_file
 from mlx_kv.sizes import parse_budget
 
 PREFILL_CHUNK = 512
+SESSION_POSITIONS = "cache"  # long chats stay inside the trained positions
 
 
 class Session:
@@ -61,7 +63,7 @@ class Session:
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
              progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> "Session":
-        heap.setdefault("positions", "cache")  # long chats stay inside the trained positions
+        heap.setdefault("positions", SESSION_POSITIONS)
         if heap.get("allocation") == "entropy" and not heap.get("profile"):
             from mlx_kv.models import resolve_model_path
             from mlx_kv.profile import find_profile
@@ -363,7 +365,8 @@ class Session:
         write_session_file(path, lambda tmp: save_prompt_cache(tmp, self.cache, metadata=meta))
 
     @classmethod
-    def restore(cls, path: str, model: Any = None, tokenizer: Any = None) -> "Session":
+    def restore(cls, path: str, progress: Callable[[str], None] | None = None,
+                model: Any = None, tokenizer: Any = None) -> "Session":
         payload = read_session_payload(path)
         fd, tmp = tempfile.mkstemp(suffix=".safetensors")
         try:
@@ -371,7 +374,7 @@ class Session:
                 f.write(payload)
             if model is None:
                 meta = _peek_metadata(tmp)
-                model, tokenizer, _ = load_model(meta.get("model") or None)
+                model, tokenizer, _ = load_model(meta.get("model") or None, progress)
             cache, meta = load_heap_cache(tmp, return_metadata=True, model=model)
         except UserError:
             raise
@@ -394,8 +397,16 @@ class Session:
 
 
 def _peek_metadata(path: str) -> dict:
-    _, meta = mx.load(path, return_metadata=True)
-    return {k[2:]: v for k, v in meta.items() if k.startswith("0.")}
+    """A saved session's own metadata (which model to load) before the heap is built.
+
+    mlx-lm's only public reader of it is load_prompt_cache, which builds every
+    layer's cache, and restoring a heap needs the model first. The file's
+    safetensors metadata is the tree [metadata, classes, scalars] that
+    save_prompt_cache flattens; it is unflattened here as load_prompt_cache
+    does (tests/test_engine.py restores without a model, so a change in
+    mlx-lm's layout fails there)."""
+    _, flat = mx.load(path, return_metadata=True)
+    return tree_unflatten(list(flat.items()))[0]
 
 
 def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, Any]) -> HeapConfig:

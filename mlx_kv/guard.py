@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("mlx_kv.guard")
 
@@ -83,7 +83,3 @@ class MemoryGuard:
         self.events.append(event)
         log.warning(str(event))
         return event
-
-
-def run_guard(guard: MemoryGuard, probe: Callable[[], Any]) -> GuardEvent | None:
-    return guard.observe(probe())

@@ -20,8 +20,15 @@ from typing import Any, Callable
 
 from mlx_kv.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL = REPO_ROOT / "models" / "mlx-kv-tiny"
+
+def _bundled_model(package: Path = Path(__file__).resolve().parent) -> Path:
+    """Package data in an install from a wheel (pyproject.toml ships models/ as
+    mlx_kv/bundled); models/ itself in a checkout or an editable install."""
+    installed = package / "bundled" / "mlx-kv-tiny"
+    return installed if installed.is_dir() else package.parent / "models" / "mlx-kv-tiny"
+
+
+BUNDLED_MODEL = _bundled_model()
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _LIMITS = {

@@ -5,8 +5,9 @@ layers tolerate more pruning, but it depends on the model, so measure it
 first. `profile_model` runs sample documents through a heap that evicts
 nothing, samples every layer's attention at every step, and records per
 layer and per KV head the mean entropy (nats) and the mass on the top 1% and
-5% of keys. `mlx-kv profile` saves it beside the model (or in the user's
-cache for hub models) and `HeapConfig(allocation="entropy")` reads it.
+5% of keys. `mlx-kv profile` saves it beside the model (in the user's cache
+for hub models and the bundled one) and `HeapConfig(allocation="entropy")`
+reads it.
 """
 
 from __future__ import annotations
@@ -61,17 +62,33 @@ def profile_model(model: Any, tokenizer: Any, *, prompts: int = 4, tokens: int =
 
 
 def profile_path(model_path: Path) -> Path:
-    """Beside the model when that folder is writable, else in the user's cache."""
-    if os.access(model_path, os.W_OK) and "huggingface" not in str(model_path.resolve()):
+    """Where `mlx-kv profile` saves a model's profile: beside a model folder of
+    the user's own (writable, not a hub download), else in the user's cache:
+    for hub models and for the model mlx-kv ships, so that profiling never
+    writes into a checkout or an installed package."""
+    resolved = model_path.resolve()
+    if os.access(model_path, os.W_OK) and "huggingface" not in str(resolved) and not _is_shipped(resolved):
         return model_path / PROFILE_NAME
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-kv" / "profiles"
-    digest = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:8]  # hash() changes per process
-    return cache / f"{model_path.resolve().name}-{digest}.json"
+    from mlx_kv.paths import cache_dir
+
+    cache = cache_dir() / "profiles"
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]  # hash() changes per process
+    return cache / f"{resolved.name}-{digest}.json"
 
 
 def find_profile(model_path: Path) -> Path | None:
-    path = profile_path(model_path)
-    return path if path.is_file() else None
+    """The profile to read: the one `mlx-kv profile` saved, else one that ships
+    beside the model (mlx-kv-tiny's)."""
+    for path in (profile_path(model_path), model_path / PROFILE_NAME):
+        if path.is_file():
+            return path
+    return None
+
+
+def _is_shipped(path: Path) -> bool:
+    from mlx_kv.models import BUNDLED_MODEL
+
+    return path == BUNDLED_MODEL.resolve()
 
 
 def save_profile(profile: dict, path: Path) -> None:

@@ -32,15 +32,15 @@ class ChatSession(Protocol):
 
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
-             progress: Callable[[str], None] | None = None, **heap: Any) -> ChatSession:
+             progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> ChatSession:
         """Load a model (None: the bundled one) behind a fresh heap; `progress`
         hears one-line notes (hub downloads); `heap` holds further HeapConfig
         fields. Bad settings raise UserError."""
         ...
 
     @classmethod
-    def restore(cls, path: str) -> ChatSession:
-        """A session saved with `save`, model included."""
+    def restore(cls, path: str, progress: Callable[[str], None] | None = None) -> ChatSession:
+        """A session saved with `save`, model included (loading it reports to `progress`)."""
         ...
 
     def chat(self, message: str, max_tokens: int = 512, cancel: threading.Event | None = None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,16 +26,6 @@ sys.path.insert(0, str(ROOT))
 from mlx_kv import tasks as T  # noqa: E402
 
 DEFAULT_MODEL = str(ROOT / "models" / "mlx-kv-tiny")
-
-
-def wilson(k: float, n: int, z: float = 1.96):
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 def answer(model, tokenizer, prompt: str, max_tokens: int, prefill_step: int = 512) -> str:
@@ -137,6 +126,8 @@ class TorchRunner:
 
 
 def run_eval(model, tokenizer, tasks, lengths, trials, seed0, verbose=False, on_result=None, runner=None):
+    from mlx_kv.bench.niah import wilson_interval  # the benchmark's interval (imports MLX, so only here)
+
     results = []
     for n_tokens in lengths:
         for task in tasks:
@@ -159,7 +150,7 @@ def run_eval(model, tokenizer, tasks, lengths, trials, seed0, verbose=False, on_
                     print(f"  {task} {n_tokens} #{i} depth={depth:.2f} score={sc:.2f} expected={s.answer} got={pred!r}",
                           flush=True)
             acc = total / trials if trials else 0.0
-            lo, hi = wilson(total, trials)
+            lo, hi = wilson_interval(total, trials)  # (0, 1) when there were no trials
             rec = {"task": task, "context_tokens": n_tokens, "trials": trials, "accuracy": round(acc, 4),
                    "exact": round(exact / trials, 4) if trials else 0.0, "ci_low": round(lo, 4),
                    "ci_high": round(hi, 4), "seed": seed0, "backend": "torch" if runner is not None else "mlx", "s_per_trial": round((time.time() - t0) / max(trials, 1), 3)}

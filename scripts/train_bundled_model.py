@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlx_kv import tasks as T  # noqa: E402
+from mlx_kv.tiny_chat import CHAT_TEMPLATE, render_chat  # noqa: E402
 
 SPECIAL = ["<|bos|>", "<|end|>", "<|pad|>", "<|document|>", "<|user|>", "<|assistant|>", "<|system|>"]
 EVAL_SEED0 = 10**9
@@ -77,7 +78,7 @@ def _tokenizer_corpus(rng: random.Random):
     for i in range(3000):
         task = T.TASKS[i % len(T.TASKS)]
         s = T.make_sample(task, rng.choice([100, 200, 400]), w, rng.random(), seed=rng.randrange(10**9))
-        yield T.render_chat([{"role": "document", "content": s.context}, {"role": "user", "content": s.question}], True)
+        yield render_chat([{"role": "document", "content": s.context}, {"role": "user", "content": s.question}], True)
         yield reply_text(s)
     words = list(T.KEYS) + list(T.VALUES) + list(T.VAR_NAMES) + list(T.CWE_WORDS)
     for _ in range(40):
@@ -119,13 +120,13 @@ def save_tokenizer(tok, out_dir: Path):
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = T.CHAT_TEMPLATE
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
     # make sure chat_template is in tokenizer_config.json (newer transformers may
     # write chat_template.jinja instead; mlx-lm reads both, older readers only the json)
     cfg_path = out_dir / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["chat_template"] = T.CHAT_TEMPLATE
+    cfg["chat_template"] = CHAT_TEMPLATE
     cfg["mlx_kv_document_role"] = "document"  # trained with its own document role (mlx_kv.chat_format)
     # portable across transformers 4.x and 5.x
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -219,12 +220,12 @@ def _dense_kv(tw, n_tokens, rng, seed, filler=True):
     keys = rng.sample(T.KEYS, n)
     values = [rng.choice(T.VALUES) for _ in keys]
     if filler:
-        inserts = [(rng.random(), T._needle(k, v)) for k, v in zip(keys, values)]
-        doc = T._build_document(tw, n_tokens, rng, inserts)
+        inserts = [(rng.random(), T.needle_sentence(k, v)) for k, v in zip(keys, values)]
+        doc = T.build_document(tw, n_tokens, rng, inserts)
     else:
         n = max(2, min(n, n_tokens // 11))
         keys, values = keys[:n], values[:n]
-        doc = " ".join(T._needle(k, v) for k, v in zip(keys, values))
+        doc = " ".join(T.needle_sentence(k, v) for k, v in zip(keys, values))
     nq = rng.choice([1, 1, 2, 3, 4, 6, 8]) if filler else rng.randint(max(1, n // 2), n)
     idx = rng.sample(range(n), min(nq, n))
     asked = [keys[i] for i in idx]
@@ -250,7 +251,7 @@ def _dense_vt(tw, n_tokens, rng, seed):
         depths = sorted(rng.random() for _ in ch)
         stmts = [f"VAR {ch[0]} = {vals[c]} ."] + [f"VAR {b} = VAR {a} ." for a, b in zip(ch, ch[1:])]
         inserts += list(zip(depths, stmts))
-    doc = T._build_document(tw, n_tokens, rng, inserts)
+    doc = T.build_document(tw, n_tokens, rng, inserts)
     c = rng.randrange(n_chains)
     q = f"Find all variables that are assigned the value {vals[c]} ."
     a = "The variables are " + " , ".join(chains[c]) + " ."
@@ -265,7 +266,7 @@ def _code_copy(tw, n_tokens, rng, seed):
     pool = T.KEYS + T.VALUES + T.VAR_NAMES
     codes = [rng.choice(pool) for _ in range(k)]
     sent = "The secret code is " + " ".join(codes) + " ."
-    doc = T._build_document(tw, n_tokens, rng, [(rng.random(), sent)])
+    doc = T.build_document(tw, n_tokens, rng, [(rng.random(), sent)])
     return doc, "What is the secret code ?", sent
 
 
@@ -308,7 +309,7 @@ def make_example(tw: TokWrap, task: str, n_tokens: int, seed: int):
         messages.append({"role": "document", "content": s.context})
         messages.append({"role": "user", "content": s.question})
         a = reply_text(s)
-    prompt = T.render_chat(messages, add_generation_prompt=True)
+    prompt = render_chat(messages, add_generation_prompt=True)
     p_ids = tw.encode(prompt)
     a_ids = tw.encode(a) + [tw.eos_id]
     ids = p_ids + a_ids
@@ -705,7 +706,7 @@ def export(model, cfg, tok_dir: Path, out_dir: Path, meta: dict):
     from tokenizers import Tokenizer
 
     tw = TokWrap(Tokenizer.from_file(str(out_dir / "tokenizer.json")))
-    text = T.render_chat(
+    text = render_chat(
         [{"role": "document", "content": "The special magic number for lemon is 417 . The old river was quiet ."},
          {"role": "user", "content": "What is the special magic number for lemon ?"}],
         add_generation_prompt=True,

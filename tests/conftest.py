@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
-from mlx_lm.utils import _get_classes
+
+from mlx_kv.architectures import random_model
 
 CONFIGS = {
     "llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
@@ -23,12 +24,7 @@ CONFIGS = {
 
 
 def build_model(model_type: str, seed: int = 0, **overrides):
-    config = dict(CONFIGS[model_type], **overrides)
-    model_cls, args_cls = _get_classes(config)
-    mx.random.seed(seed)
-    model = model_cls(args_cls.from_dict(config))
-    mx.eval(model.parameters())
-    return model
+    return random_model(dict(CONFIGS[model_type], **overrides), seed=seed)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlx_kv import tasks as T
+from mlx_kv.tiny_chat import render_chat
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "mlx-kv-tiny"
 
@@ -53,7 +54,7 @@ def test_chat_template_with_document(loaded):
         {"role": "user", "content": "What is the special magic number for lemon ?"},
     ]
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    assert text == T.render_chat(msgs, add_generation_prompt=True)
+    assert text == render_chat(msgs, add_generation_prompt=True)
     assert text.startswith("<|bos|><|system|>\n")
     assert "<|document|>\nThe special magic number for lemon is 417 .<|end|>\n<|user|>\n" in text
     assert text.endswith("<|assistant|>\n")

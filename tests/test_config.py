@@ -24,6 +24,7 @@ from mlx_kv import HeapConfig, parse_bytes
     (dict(compact_threshold=1.5), "compact_threshold"),
     (dict(positions="relative"), "positions"),
     (dict(rank_noise=-0.1), "rank_noise"),
+    (dict(cold_bits=4, compact_threshold=0.5), "compact_threshold"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}"):

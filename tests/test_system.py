@@ -341,7 +341,7 @@ def test_darwin_thermal_state_off_macos_is_none():
 
 
 def test_real_machine_sample_never_raises():
-    s = S.sample()
+    s = S.SystemProbe().sample()
     assert s.pressure in S.PRESSURES
     assert s.swap_risk in S.SWAP_RISKS
     assert s.thermal in S.THERMALS

@@ -161,3 +161,18 @@ def test_format_prompt_without_tokenizer_template():
     assert full.startswith(doc_only)
     assert s.context in doc_only and s.question not in doc_only
     assert full.endswith("<|assistant|>\n") and s.question in full
+
+
+def test_needle_sentence_is_the_fact_the_needle_tasks_hide():
+    assert T.needle_sentence("lemon", "417") == "The special magic number for lemon is 417 ."
+    s = T.make_sample("single_needle", 300, WordTok(), depth=0.5, seed=3)
+    key = s.question.split(" for ")[1].rstrip(" ?")
+    assert T.needle_sentence(key, s.answer[0]) in s.context
+
+
+def test_the_bundled_models_template_is_tiny_chats():
+    import json
+
+    from mlx_kv.tiny_chat import CHAT_TEMPLATE
+
+    assert json.loads((MODEL_DIR / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE

@@ -8,7 +8,7 @@ the widget can render them and appends only the new blocks.
 from __future__ import annotations
 
 from textual.widgets import Markdown
-from textual.widgets._markdown import MarkdownStream
+from textual.widgets.markdown import MarkdownStream
 
 
 class ReplyMessage(Markdown):

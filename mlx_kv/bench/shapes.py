@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlx.core as mx
-
 SHAPES: dict[str, dict[str, Any]] = {
     # meta-llama/Llama-3.2-1B config.json
     "llama-3.2-1b": dict(
@@ -21,7 +19,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 def random_model(spec: str) -> tuple[Any, str]:
     """`random:NAME[:layers=N]` -> (model, description)."""
-    from mlx_lm.utils import _get_classes
+    from mlx_kv.architectures import random_model as build
 
     parts = spec.split(":")
     name = parts[1] if len(parts) > 1 else ""
@@ -33,10 +31,7 @@ def random_model(spec: str) -> tuple[Any, str]:
         if key != "layers" or not value.isdigit() or int(value) < 1:
             raise ValueError(f"model: bad option {option!r}; use layers=N")
         config["num_hidden_layers"] = int(value)
-    model_cls, args_cls = _get_classes(config)
-    mx.random.seed(0)
-    model = model_cls(args_cls.from_dict(config))
-    mx.eval(model.parameters())
+    model = build(config, seed=0)
     return model, f"random-weight {name} shape, {config['num_hidden_layers']} layers, fp32"
 
 

@@ -117,7 +117,7 @@ def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) ->
 
 
 def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policies: list[str],
-                baselines: list[str], decode_tokens: int, repeats: int = 3, thresholds: list[float] = (0.5,),
+                baselines: list[str], decode_tokens: int, repeats: int = 3, thresholds: list[float] = (0.0,),
                 window: int = 64, sinks: int = 4, vocab: int | None = None, profile: str | None = None,
                 emit: Callable[[dict], None] = print) -> list[dict]:
     from mlx_kv.budget import weights_bytes

@@ -24,7 +24,7 @@ from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.heap.layer import HeapKVCache
 from mlx_kv.information import prefill
-from mlx_kv.tasks import KEYS, VALUES, _needle as needle_sentence, filler_text
+from mlx_kv.tasks import KEYS, VALUES, filler_text, needle_sentence
 
 CHUNK = 512
 DEPTHS = (0.1, 0.5, 0.9)

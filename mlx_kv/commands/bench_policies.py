@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlx_kv.errors import UserError
 
 
@@ -17,9 +19,11 @@ def saved_profile(model: str | None) -> str | None:
     return str(found) if found else None
 
 
-def check_policies(policies: list[str], model: str | None, *, also: tuple[str, ...] = ()) -> str | None:
-    """Refuse an unknown policy or variant before a model loads; returns the
-    model's saved profile (for +entropy)."""
+def check_policies(policies: list[str], model: str | None, *, also: tuple[str, ...] = (),
+                   settings: list[dict[str, Any]] | None = None) -> str | None:
+    """Refuse an unknown policy or variant, alone or with any of `settings`
+    (further HeapConfig fields the benchmark combines it with), before a model
+    loads; returns the model's saved profile (for +entropy)."""
     from mlx_kv.bench.variants import policy_config
     from mlx_kv.policies import POLICIES
 
@@ -30,7 +34,8 @@ def check_policies(policies: list[str], model: str | None, *, also: tuple[str, .
             raise UserError(f"policies: unknown policy {name!r}; choose from {', '.join((*also, *POLICIES))}"
                             " (variants: +q4, +q8, +pyramid, +entropy, +noiseX, +arg=value)")
         try:
-            policy_config(policy, profile)
+            for extra in settings or [{}]:
+                policy_config(policy, profile, **extra)
         except ValueError as exc:
             raise UserError(f"policies: {policy!r}: {str(exc).removeprefix('policies: ')}") from None
     return profile

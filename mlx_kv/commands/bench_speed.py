@@ -19,7 +19,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--budget-ratios", type=csv_list(float), default=[0.25, 1.0])
     p.add_argument("--policies", type=csv_list(str), default=["h2o", "tova", "streaming"])
     p.add_argument("--baselines", type=csv_list(str), default=["kvcache", "rotating", "quantized8", "quantized4"])
-    p.add_argument("--compact-thresholds", type=csv_list(float), default=[0.5])
+    p.add_argument("--compact-thresholds", type=csv_list(float), default=[0.0],
+                   help="dead fractions that trigger a compaction (HeapConfig.compact_threshold; default 0)")
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--window", type=int, default=64)
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from mlx_kv.bench.shapes import bench_model
     from mlx_kv.bench.speed import bench_speed, format_table
 
-    profile = check_policies(args.policies, args.model)  # (a random: model has no profile)
+    profile = check_policies(args.policies, args.model,  # (a random: model has no profile)
+                             settings=[{"compact_threshold": t} for t in args.compact_thresholds])
     model, description = bench_model(args.model, args.weights)
     header = {"machine": f"{platform.machine()} {platform.system()}, {os.cpu_count() or 0} cores",
               "model": description, "openblas": _openblas_state(), "command": "mlx-kv " + " ".join(sys.argv[1:])}

@@ -17,21 +17,26 @@ def run(args: argparse.Namespace) -> int:
     from mlx_kv.budget import (AUTO_FRACTION, AUTO_MARGIN, auto_budget_bytes, available_memory,
                                kv_geometry, tokens_per_layer, weights_bytes)
     from mlx_kv.config import HeapConfig
+    from mlx_kv.engine import SESSION_POSITIONS
     from mlx_kv.models import load_model
 
     model, _, name = load_model(args.model, weights=args.weights)
-    config = HeapConfig(budget=args.budget if args.budget is not None else "auto", **heap_kwargs(args))
+    heap = {"positions": SESSION_POSITIONS, **heap_kwargs(args)}  # the settings a session would use
+    config = HeapConfig(budget=args.budget if args.budget is not None else "auto", **heap)
     g = kv_geometry(model)
+    per_token = g.heap_bytes_per_token(config.positions)
     available = available_memory()
     per_layer = tokens_per_layer(config, model, available)
+    shift = ", the RoPE shift" if config.positions == "cache" else ""
     print(f"model {name}: {g.n_layers} layers, {g.n_kv_heads} KV heads x {g.head_dim} dims, "
           f"{g.itemsize}-byte KV, weights {weights_bytes(model) / 2**20:.1f} MiB")
     print(f"mlx-lm KVCache: {g.kv_bytes_per_token} bytes per token (all layers)")
-    print(f"heap: {g.heap_bytes_per_token_layer} bytes per kept token per layer "
-          f"(K+V, two float32 scores, position/age/tier bookkeeping per KV head)")
+    print(f"heap, {config.positions} positions: {per_token} bytes per kept token per layer (per KV head: K+V; "
+          f"float32 accumulated score, times seen and dead-slot bias{shift}; position, tier, survivals, rotation, "
+          f"rank, surprisal and entropy)")
     if config.budget == "auto":
         print(f"auto = {AUTO_FRACTION:g} x available memory ({available / 2**30:.2f} GiB, weights already loaded) "
               f"- {AUTO_MARGIN / 2**20:.0f} MiB margin = {auto_budget_bytes(available) / 2**30:.2f} GiB")
-    total = per_layer[0] * g.n_layers * g.heap_bytes_per_token_layer
+    total = sum(per_layer) * per_token
     print(f"budget {config.budget}: {per_layer[0]} tokens per layer, {total / 2**20:.1f} MiB in all")
     return 0

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol
+
+if TYPE_CHECKING:
+    from mlx_kv.engine import Session
 
 HEAP_FLAGS = ("window", "sinks", "positions", "allocation", "cold_bits")
+# mlx_kv.policies.POLICIES, spelled out so that --help does not load MLX
+# (tests/test_cli.py keeps the two equal).
+POLICY_NAMES = ("h2o", "tova", "snapkv", "streaming", "random", "surprise")
 
 
 class SubParsers(Protocol):
@@ -56,7 +62,7 @@ def add_heap_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="tokens per layer (1024), a size for the whole heap (2GB, 512MiB, 2G = 2GB), or auto")
-    p.add_argument("--policy", default=None, help="h2o, tova, snapkv, streaming, random")
+    p.add_argument("--policy", default=None, help=", ".join(POLICY_NAMES) + " (default h2o)")
     p.add_argument("--window", type=int, default=None, help="young generation size (tokens)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
     p.add_argument("--positions", choices=("absolute", "cache"), default=None,
@@ -76,7 +82,7 @@ def heap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in HEAP_FLAGS if getattr(args, k, None) is not None}
 
 
-def open_session(args: argparse.Namespace) -> Any:
+def open_session(args: argparse.Namespace) -> Session:
     """A Session from the heap options; loading notes go to stderr."""
     from mlx_kv.engine import Session
 

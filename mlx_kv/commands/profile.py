@@ -11,7 +11,8 @@ from mlx_kv.errors import UserError
 
 
 def add_parser(sub: SubParsers) -> None:
-    p = sub.add_parser("profile", help="measure per-layer attention entropy and save it beside the model")
+    p = sub.add_parser("profile", help="measure per-layer attention entropy; saved beside the model, or in the user "
+                       "cache for hub models and the bundled one")
     add_model_options(p)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--tokens", type=int, default=1024)

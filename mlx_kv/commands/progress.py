@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from mlx_kv.events import IngestProgress
 
@@ -13,7 +12,6 @@ class ProgressBar:
 
     def __init__(self, width: int = 30) -> None:
         self.width = width
-        self.started = time.perf_counter()
 
     def __call__(self, p: IngestProgress) -> None:
         filled = int(self.width * p.fraction)
