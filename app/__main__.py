@@ -14,7 +14,7 @@ from mlx_kv.commands.options import budget_arg
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m app", description="mlx-kv terminal chat")
-    ap.add_argument("--model", default=None, help="hub id or local folder (default: the bundled model)")
+    ap.add_argument("--model", default=None, help="a .gguf file, a model folder, a hub id or mlx-kv-tiny (default: the default model, else mlx-kv-tiny)")
     ap.add_argument("--budget", type=budget_arg, default=None,
                     help="KV heap budget: tokens per layer (8192), a size (2GB, 512MiB) or auto")
     ap.add_argument("--policy", default=None, help="eviction policy")

@@ -403,7 +403,7 @@ def _configure_logging() -> None:
 
 def run_app(model: str | None = None, budget: int | str | None = None, policy: str | None = None,
             heap_options: dict[str, Any] | None = None) -> None:
-    """Open the chat app (``mlx-kv chat``).  ``model`` None means the bundled model;
+    """Open the chat app (``mlx-kv chat``).  ``model`` None means the default model;
     ``heap_options`` are further HeapConfig fields (window, sinks, positions, cold_bits, ...)."""
     _configure_logging()
     app = MlxKvApp(model, budget, policy, heap_options=heap_options)

@@ -268,7 +268,7 @@ class EngineWorker:
         self._post_stats()
 
     def _load(self, req: Load) -> None:
-        self.post(M.EngineNotice(f"loading {req.model or 'the bundled model'}…"))
+        self.post(M.EngineNotice(f"loading {req.model or 'the default model'}…"))
         options = dict(req.options)
         self.session = self._session_class().load(
             model=req.model, budget=req.budget, policy=req.policy,

@@ -33,7 +33,7 @@ class ChatSession(Protocol):
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
              progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> ChatSession:
-        """Load a model (None: the bundled one) behind a fresh heap; `progress`
+        """Load a model (None: the default one) behind a fresh heap; `progress`
         hears one-line notes (hub downloads); `heap` holds further HeapConfig
         fields. Bad settings raise UserError."""
         ...
