@@ -45,6 +45,14 @@ AdaKVPress and KVzipPress do NOT: the cache keeps every entry and the pruned
 keys are overwritten at each attention call by a fake key whose attention
 weight underflows to zero (kvpress attention_patch.py), so their
 kv_kept_fraction is the unmasked fraction while the memory is the full cache.
+
+Speed (measured on the 2-core shared dev machine, ~1.1k-token demo trials,
+16 new tokens): float32 full-cache trials cost ~3.5-4 CPU-seconds (KVzip ~12,
+its reconstruction passes); `--dtype bfloat16` halves that (this CPU has AMX
+bf16; prefill ~3-4x faster) but changed 5 of 15 greedy outputs after the
+answer, so float32 stays the default.  When other processes hold the cores,
+`--threads 1` was as fast as 2, and OpenMP spin-waiting (now PASSIVE by
+default) made 2-thread trials several times slower.
 """
 
 from __future__ import annotations
@@ -239,6 +247,7 @@ def load_model(gguf: Path, dtype_name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     import kvpress  # noqa: F401  (patches the stock attention functions)
     import kvpress.presses.kvzip_press as kvzip_mod
 

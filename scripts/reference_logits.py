@@ -328,6 +328,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     versions = {
         "python": platform.python_version(),
@@ -388,6 +389,7 @@ def main() -> None:
             "spec_equals_pure_python": True,
             "decodes_to_text": True,
             "transformers_agrees": hf_ids == ref_ids,
+            "transformers_ids_decode_to_text": hf_tok.decode(hf_ids) == MIXED_TEXT,
             "transformers_differences": diff_runs(ref_ids, hf_ids, dec),
         },
     }
@@ -399,6 +401,7 @@ def main() -> None:
         g_ids = g_tok(MIXED_TEXT, add_special_tokens=False)["input_ids"]
         arrays["mixed_ids_gguf2mlx"] = np.array(g_ids, np.int32)
         tok_info["mixed_text"]["gguf2mlx_agrees"] = g_ids == ref_ids
+        tok_info["mixed_text"]["gguf2mlx_ids_decode_to_text"] = g_tok.decode(g_ids) == MIXED_TEXT
         tok_info["mixed_text"]["gguf2mlx_differences"] = diff_runs(ref_ids, g_ids, dec)
 
     probes = []
