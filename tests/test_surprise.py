@@ -43,8 +43,8 @@ def test_surprise_heap_gets_signals_and_stays_within_budget():
         uninstall(model)
     assert max(seen_sizes) <= 64  # collected once the chunk's surprisal arrived
     layer = cache[0]
-    alive = layer.positions[:, : layer.end] >= 0
-    assert np.isfinite(layer.info[0, :, : layer.end][alive]).mean() > 0.9
+    alive = layer.slots.positions[:, : layer.end] >= 0
+    assert np.isfinite(layer.slots.info[0, :, : layer.end][alive]).mean() > 0.9
     # Old kept tokens are the surprising ones: their surprisal beats the evicted average.
-    kept_old = alive & (layer.positions[:, : layer.end] >= 4) & (layer.positions[:, : layer.end] < 700 - 8)
-    assert np.nanmean(layer.info[0, :, : layer.end][kept_old]) > np.log(101) - 0.5
+    kept_old = alive & (layer.slots.positions[:, : layer.end] >= 4) & (layer.slots.positions[:, : layer.end] < 700 - 8)
+    assert np.nanmean(layer.slots.info[0, :, : layer.end][kept_old]) > np.log(101) - 0.5

@@ -1,0 +1,246 @@
+"""One layer's per-slot arrays, declared once.
+
+The heap keeps a dozen arrays per (kv_head, slot): keys and values on the
+device, the policy's accumulators and the dead-slot bias beside them, and
+host-side bookkeeping (position, tier, age, rotation, information signals).
+Every one of them is grown, compacted, written and saved the same way, so
+each is a `Field` of SLOTS and the table derives all of that from the
+declaration; a new per-slot field is one more line here.
+
+Slot s of every field belongs to the same token. Fields marked `cold` (keys
+and values) store only slots [hot0, capacity) at the model's dtype; slots
+below hot0 live quantized in the cold tier (mlx_kv.heap.cold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_kv.heap.cold import ColdTier
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    dtype: Any  # an mx dtype on the device, a numpy dtype on the host; None: the model's (keys, values)
+    fill: Any  # what a slot holds until something is written to it
+    device: bool  # an mx.array next to attention, or a numpy array on the host
+    saved: bool  # part of `state`; the others are rebuilt from what is
+    channels: int = 0  # a leading axis of this many channels (the information signals)
+    model_rows: bool = False  # shaped (1, H, slots, D) like the model's keys/values, whose dtype and D it takes
+    cold: bool = False  # slots below hot0 live quantized in the cold tier
+    folded: bool = False  # a policy accumulator: folded on the device at each call, read at collections
+
+    def __post_init__(self) -> None:
+        if self.folded and not (self.device and self.axis == 1):
+            raise ValueError(f"slot field {self.name}: an accumulator is an (H, slots) device array")
+        if self.cold and not self.model_rows:
+            raise ValueError(f"slot field {self.name}: only keys/values rows can be stored in the cold tier")
+
+    @property
+    def axis(self) -> int:
+        """The slot axis; the head axis is just before it."""
+        return 2 if self.model_rows or self.channels else 1
+
+    def slot_bytes(self, head_dim: int, itemsize: int) -> int:
+        """Bytes one slot of one head costs in this field."""
+        if self.model_rows:
+            return head_dim * itemsize
+        size = np.dtype(self.dtype).itemsize if not self.device else self.dtype.size
+        return size * max(1, self.channels)
+
+
+SLOTS: tuple[Field, ...] = (
+    Field("keys", None, 0.0, device=True, saved=True, model_rows=True, cold=True),
+    Field("values", None, 0.0, device=True, saved=True, model_rows=True, cold=True),
+    Field("acc", mx.float32, 0.0, device=True, saved=True, folded=True),  # attention, as the policy folds it
+    Field("seen", mx.float32, 0.0, device=True, saved=True, folded=True),  # queries that could see the slot
+    Field("bias", mx.float32, 0.0, device=True, saved=False),  # 0 on live slots, -inf on dead ones
+    Field("positions", np.int64, -1, device=False, saved=True),  # the token's original position; -1: dead
+    Field("tenured", np.bool_, False, device=False, saved=True),
+    Field("survived", np.int32, 0, device=False, saved=True),  # collections survived
+    Field("rot", np.int32, 0, device=False, saved=True),  # positions="cache": where the stored key was rotated
+    Field("rank", np.int32, 0, device=False, saved=False),  # positions="cache": its rank in the cache now
+    Field("info", np.float32, np.nan, device=False, saved=True, channels=2),  # surprisal, entropy; nan: unknown
+)
+
+
+def slot_bytes(head_dim: int, itemsize: int, fields: tuple[Field, ...] = SLOTS) -> int:
+    """Bytes one slot of one KV head costs in every field (see SlotTable.nbytes)."""
+    return sum(f.slot_bytes(head_dim, itemsize) for f in fields)
+
+
+class SlotTable:
+    """The per-slot arrays of one layer: one attribute per field, named as
+    declared, each `capacity` slots wide (cold fields: capacity - hot0)."""
+
+    def __init__(self, cold: ColdTier | None = None, fields: tuple[Field, ...] = SLOTS) -> None:
+        self.fields = fields
+        self._by_name = {f.name: f for f in fields}
+        self.folded = tuple(f.name for f in fields if f.folded)
+        self.cold = cold
+        self.hot0 = 0  # slots [0, hot0) of the cold fields are in the cold tier
+        self.capacity = 0
+        self.n_heads = 0
+        self.allocated = False
+        self._rows: dict[str, tuple[Any, int]] = {}  # model_rows fields: (dtype, D)
+        for f in fields:
+            setattr(self, f.name, None)
+
+    # ------------------------------------------------------------ allocation
+    def allocate(self, capacity: int, **like: mx.array) -> None:
+        """Empty slots for the heads of the first tokens; `like` are their keys
+        and values, by field name, for the fields shaped like them."""
+        self.n_heads = next(iter(like.values())).shape[1]
+        self._rows = {name: (a.dtype, a.shape[-1]) for name, a in like.items()}
+        for f in self.fields:
+            setattr(self, f.name, self._blank(f, capacity))
+        self.capacity, self.hot0, self.allocated = capacity, 0, True
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        for f in self.fields:
+            setattr(self, f.name, _concat(f, [getattr(self, f.name), self._blank(f, extra)]))
+        self.capacity = capacity
+
+    def _blank(self, f: Field, n: int):
+        if f.model_rows:
+            dtype, width = self._rows[f.name]
+            return mx.full((1, self.n_heads, n, width), f.fill, dtype)
+        shape = ((f.channels,) if f.channels else ()) + (self.n_heads, n)
+        return mx.full(shape, f.fill, f.dtype) if f.device else np.full(shape, f.fill, f.dtype)
+
+    # ---------------------------------------------------------------- writes
+    def write_range(self, start: int, stop: int, **data: Any) -> None:
+        """Slots [start, stop) of every head: the given fields from `data`,
+        the others back to their fill."""
+        for f in self.fields:
+            offset = self.hot0 if f.cold else 0
+            index = (slice(None),) * f.axis + (slice(start - offset, stop - offset),)
+            getattr(self, f.name)[index] = data.get(f.name, f.fill)
+
+    def write_slots(self, slots: np.ndarray, **data: Any) -> None:
+        """One slot per head, slots[h] for head h (a dead slot being reused);
+        model_rows data is (1, H, D)."""
+        heads = np.arange(len(slots))
+        h_dev, s_dev = mx.array(heads), mx.array(slots)
+        s_hot = mx.array(slots - self.hot0) if self.hot0 else s_dev
+        for f in self.fields:
+            lead = (slice(None),) * (f.axis - 1)
+            index = lead + ((h_dev, s_hot if f.cold else s_dev) if f.device else (heads, slots))
+            getattr(self, f.name)[index] = data.get(f.name, f.fill)
+
+    def accumulators(self, end: int) -> dict[str, mx.array]:
+        """The folded fields of slots [0, end), for the policy to fold a call into."""
+        return {name: getattr(self, name)[:, :end] for name in self.folded}
+
+    def update_accumulators(self, end: int, folded: dict[str, mx.array]) -> None:
+        for name, a in folded.items():
+            getattr(self, name)[:, :end] = a
+        mx.async_eval(*(getattr(self, name) for name in self.folded))
+
+    def reset_accumulators(self) -> None:
+        """Back to their fill: a new policy starts afresh."""
+        for name in self.folded:
+            a = getattr(self, name)
+            setattr(self, name, mx.full(a.shape, self._by_name[name].fill, a.dtype))
+
+    # ----------------------------------------------------------------- reads
+    def used(self, name: str, end: int):
+        """Field `name` of slots [0, end) as stored (cold fields: their hot part)."""
+        f = self._by_name[name]
+        offset = self.hot0 if f.cold else 0
+        return getattr(self, name)[(slice(None),) * f.axis + (slice(0, end - offset),)]
+
+    def full(self, name: str, end: int) -> mx.array:
+        """Field `name` of slots [0, end), the cold tier's slots dequantized."""
+        hot = self.used(name, end)
+        f = self._by_name[name]
+        if not (self.hot0 and f.cold):
+            return hot
+        return mx.concatenate([self.cold.dequantized(name), hot], axis=f.axis)
+
+    def host_view(self, end: int, observed: bool) -> dict[str, np.ndarray]:
+        """What a policy reads at a collection, slots [0, end): host copies of
+        the accumulators (zeros for a policy that observes no attention) and
+        the host fields as they are."""
+        view = {}
+        for f in self.fields:
+            if f.folded:
+                view[f.name] = np.array(self.used(f.name, end)) if observed else np.zeros((self.n_heads, end))
+            elif not f.device:
+                view[f.name] = self.used(f.name, end)
+        return view
+
+    @property
+    def nbytes(self) -> int:
+        if not self.allocated:
+            return 0
+        cold = self.cold.nbytes if self.cold is not None else 0
+        return cold + sum(getattr(self, f.name).nbytes for f in self.fields)
+
+    # ------------------------------------------------------------ compaction
+    def take(self, order: np.ndarray, n_cold: int, capacity: int, end: int) -> None:
+        """Keep the slots `order` (H, n) of [0, end), in that order per head,
+        the first n_cold of each head in the cold tier; room for `capacity`."""
+        pad = capacity - order.shape[1]
+        cold = [f for f in self.fields if f.cold]
+        hot = {f.name: self.used(f.name, end) for f in cold}
+        hot_order = order[:, n_cold:]
+        if self.hot0 and (hot_order < self.hot0).any():  # a cold token left the tier (e.g. tenured)
+            sources = {f.name: self.full(f.name, end) for f in cold}  # (before the rebuild replaces the tier)
+        else:
+            sources, hot_order = hot, hot_order - self.hot0
+        if self.cold is not None:
+            self.cold.rebuild(order[:, :n_cold], self.hot0, hot)
+        for f in self.fields:
+            kept = _gather(f, sources[f.name], hot_order) if f.cold else _gather(f, self.used(f.name, end), order)
+            setattr(self, f.name, _concat(f, [kept, self._blank(f, pad)]) if pad else kept)
+        self.hot0, self.capacity = n_cold, capacity
+        cold_arrays = self.cold.arrays() if self.cold is not None else []
+        mx.eval(*(getattr(self, f.name) for f in self.fields if f.device), *cold_arrays)
+
+    # --------------------------------------------------------- serialization
+    def saved(self, end: int) -> dict[str, mx.array]:
+        """The saved fields of slots [0, end), at full precision, as mx arrays."""
+        out = {}
+        for f in self.fields:
+            if not f.saved:
+                continue
+            a = self.full(f.name, end) if f.device else self.used(f.name, end)
+            out[f.name] = a if f.device else mx.array(a.astype(np.uint8) if a.dtype == np.bool_ else a)
+        return out
+
+    @classmethod
+    def from_saved(cls, arrays: dict[str, mx.array], cold: ColdTier | None = None,
+                   fields: tuple[Field, ...] = SLOTS) -> "SlotTable":
+        """A table holding exactly the slots `saved` wrote; fields it lacks
+        (not saved, or newer than the file) start at their fill."""
+        table = cls(cold, fields)
+        keys = arrays["keys"]
+        table.n_heads, n = keys.shape[1], keys.shape[2]
+        table._rows = {f.name: (arrays[f.name].dtype, arrays[f.name].shape[-1]) for f in fields if f.model_rows}
+        for f in fields:
+            if f.saved and f.name in arrays:
+                a = arrays[f.name]
+                setattr(table, f.name, a if f.device else np.array(a).astype(f.dtype))
+            else:
+                setattr(table, f.name, table._blank(f, n))
+        table.capacity, table.allocated = n, True
+        return table
+
+
+def _gather(f: Field, a, order: np.ndarray):
+    """Rows `order` (H, n) of each head of `a` along the slot axis."""
+    shape = (1,) * (f.axis - 1) + order.shape + (1,) * (a.ndim - f.axis - 1)
+    if f.device:
+        return mx.take_along_axis(a, mx.array(order.astype(np.int32)).reshape(shape), axis=f.axis)
+    return np.take_along_axis(a, order.reshape(shape), axis=f.axis)
+
+
+def _concat(f: Field, parts: list):
+    return mx.concatenate(parts, axis=f.axis) if f.device else np.concatenate(parts, axis=f.axis)
