@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 _ORIGINALS: dict[str, Any] = {}
 
@@ -131,3 +132,42 @@ def grouped_attention(
         visible = mx.clip(first_query_slot + b - cols, 0, b - a).astype(mx.float32)
         count = mx.broadcast_to(visible[None] * G, (H, L))
     return out, weight_sum, count
+
+
+def masked_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
+                     dead_bias: mx.array | None) -> mx.array:
+    """MLX's fused attention, for policies that read no weights: evicted
+    slots (and, for a chunk, later keys) masked by an additive bias."""
+    n_new = queries.shape[2]
+    if dead_bias is None:
+        mask = "causal" if n_new > 1 else None
+    else:
+        G = queries.shape[1] // keys.shape[1]
+        bias = mx.repeat(dead_bias, G, axis=0)[None, :, None, :]
+        if n_new > 1:
+            L = keys.shape[2]
+            cols = mx.arange(L)
+            rows = L - n_new + mx.arange(n_new)
+            bias = mx.where(cols[None, :] <= rows[:, None], bias, -mx.inf)
+        mask = bias.astype(queries.dtype)
+    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+
+
+def query_block(score_block: int, n_query_heads: int, n_keys: int) -> int:
+    """Rows of queries per attention block: at most score_block, and few
+    enough that one block's weights stay near 16M floats (64 MB) however
+    long the context."""
+    return max(16, min(score_block, (1 << 24) // max(1, n_query_heads * n_keys)))
+
+
+def attention_summary(weights: mx.array, live: int) -> dict[str, mx.array]:
+    """Entropy (nats) and the mass on the top 1% / 5% of live keys, per KV head,
+    averaged over the group's query heads; lazy, read when someone looks."""
+    w = weights.astype(mx.float32)
+    entropy = -(w * mx.log(mx.maximum(w, 1e-30))).sum(axis=-1).mean(axis=-1)
+    ordered = mx.sort(w, axis=-1)[..., ::-1]
+    share = {}
+    for name, fraction in (("top1", 0.01), ("top5", 0.05)):
+        k = max(1, int(np.ceil(live * fraction)))
+        share[name] = ordered[..., :k].sum(axis=-1).mean(axis=-1)
+    return {"entropy": entropy, "top1": share["top1"], "top5": share["top5"], "keys": mx.array(live)}

@@ -1,9 +1,11 @@
 """One layer's slice of the generational heap, speaking mlx-lm's cache protocol.
 
-Storage is one (1, H, capacity, D) array for keys and one for values, like
-mlx-lm's KVCache, plus per-(kv_head, slot) bookkeeping: the token's original
-position (-1 once evicted), whether it is tenured, how many collections it
-survived, and the policy's attention accumulators. Evicting marks a slot dead;
+Storage is a slot table (mlx_kv.heap.slots): keys and values shaped like
+mlx-lm's KVCache's, plus per-(kv_head, slot) bookkeeping: the token's
+original position (-1 once evicted), whether it is tenured, how many
+collections it survived, and the policy's attention accumulators. This class
+decides what happens to the slots; what to evict is the collector's and the
+policy's, how keys are re-rotated is mlx_kv.positions'. Evicting marks a slot dead;
 a decode token reuses a dead slot in place; the arrays are reallocated when
 the dead fraction passes `compact_threshold` or a prefill chunk pushed the
 capacity past the budget. With a threshold above zero steady-state decoding
@@ -25,20 +27,21 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.base import create_causal_mask
+from mlx_lm.models.cache import _BaseCache
 
-from mlx_kv.attention import grouped_attention
+from mlx_kv.attention import attention_summary, grouped_attention, masked_attention, query_block
 from mlx_kv.heap.cold import ColdTier
-from mlx_kv.heap.collector import collect, protected_mask
+from mlx_kv.heap.collector import collect, compaction_order, noisy, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore
 from mlx_kv.heap.slots import SlotTable, slot_bytes
 from mlx_kv.policies import POLICIES, Policy
-from mlx_kv.positions import check_rope, ranks, shift_keys
+from mlx_kv.positions import CacheShifts, check_rope, key_shifts
 
 _STEP = 256
 COUNTERS = ("evictions", "promotions", "demotions", "compactions", "collections", "ranked", "recalls")  # saved
 
 
-class HeapKVCache:
+class HeapKVCache(_BaseCache):
     """A budgeted, evicting KV cache for one layer (batch size 1)."""
 
     def __init__(
@@ -98,8 +101,7 @@ class HeapKVCache:
         self.tokens_seen = 0
         self.end = 0
         self._live = 0
-        self._shift_mx: mx.array | None = None
-        self._shift_nonzero = False
+        self.shifts = key_shifts(self.position_mode)  # positions="cache": what each stored key is owed
         self._query_base = 0
         self._free: list[np.ndarray] = []  # dead slots to reuse, one (H,) column per token
         self.last_scores = np.zeros((0, 0))
@@ -154,17 +156,17 @@ class HeapKVCache:
         self.calls += 1
         first = None if self._reused is not None else self.end - n_new
         dead_bias = self.slots.bias[:, : self.end] if self._live < self.end else None
-        keys = self._keys_for_attention(keys, n_new)
+        keys = self.shifts.keys(self.rope, self.slots, keys, self.end, self._query_base - (self._live - n_new))
         observes = self.policy.observes
         if observes == "none":
-            out = self._fast_attention(queries, keys, values, scale, dead_bias, n_new)
+            out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
             rows = {"all": (0, n_new), "last": (n_new - 1, n_new),
                     "window": (max(0, n_new - self.policy.observation_window), n_new)}[observes]
             sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
             out, weights, count = grouped_attention(
                 queries, keys, values, scale, first_query_slot=first,
-                dead_bias=dead_bias, score_rows=rows, block=self._query_block(queries.shape[1]),
+                dead_bias=dead_bias, score_rows=rows, block=query_block(self.score_block, queries.shape[1], self.end),
                 keep_last_row=sample,
             )
             if sample:
@@ -277,7 +279,7 @@ class HeapKVCache:
             bias = np.zeros((self.slots.n_heads, self.slots.capacity), np.float32)
             bias[:, : self.end][dead] = -np.inf
             self.slots.bias = mx.array(bias)
-            self._refresh_ranks()
+            self.shifts.refresh(self.slots, self.end)
 
     def empty(self) -> bool:
         return not self.slots.allocated
@@ -291,13 +293,12 @@ class HeapKVCache:
         accumulators, host bookkeeping), the cold tier and the RoPE shifts."""
         if not self.slots.allocated:
             return 0
-        shifts = 4 * self.slots.n_heads * self.slots.capacity if self.position_mode == "cache" else 0
-        return self.slots.nbytes + shifts  # the shifts: dropped at collections, rebuilt at the next call
+        return self.slots.nbytes + self.shifts.nbytes(self.slots)
 
     @staticmethod
     def slot_bytes(head_dim: int, itemsize: int, positions: str = "absolute") -> int:
         """Bytes one slot of one KV head costs, everything counted (see nbytes)."""
-        return slot_bytes(head_dim, itemsize) + (4 if positions == "cache" else 0)
+        return slot_bytes(head_dim, itemsize) + (CacheShifts.slot_bytes if positions == "cache" else 0)
 
     def set_token_info(self, start: int, surprisal: np.ndarray, entropy: np.ndarray) -> None:
         """Information signals for the tokens at positions start.. (see mlx_kv.information)."""
@@ -345,18 +346,8 @@ class HeapKVCache:
 
     def tier_counts(self) -> dict[str, int]:
         """Tokens per tier, counted on KV head 0 (all heads hold the same counts)."""
-        pos = self.slots.positions[:, : self.end]
-        alive = pos >= 0
-        sinks = alive & (pos < self.sinks)
-        young = alive & ~sinks & (pos >= self.tokens_seen - self.window)
-        old = alive & ~protected_mask(pos, self.tokens_seen, self.sinks, self.window)
-        tenured = old & self.slots.tenured[:, : self.end]
-        return {
-            "sinks": int(sinks[0].sum()) if len(pos) else 0,
-            "young": int(young[0].sum()) if len(pos) else 0,
-            "intermediate": int((old & ~tenured)[0].sum()) if len(pos) else 0,
-            "tenured": int(tenured[0].sum()) if len(pos) else 0,
-        }
+        return tier_counts(self.slots.positions[:1, : self.end], self.slots.tenured[:1, : self.end],
+                           offset=self.tokens_seen, sinks=self.sinks, window=self.window)
 
     @property
     def cold_tokens(self) -> int:
@@ -382,8 +373,7 @@ class HeapKVCache:
 
     def _new_store(self) -> RecoveryStore:
         keys, values = self.slots.keys, self.slots.values
-        return RecoveryStore(keys.shape[1], keys.shape[3], values.shape[3], page_size=self.recovery["page_size"],
-                             max_bytes=self.recovery["max_bytes"], folder=self.recovery.get("folder"))
+        return RecoveryStore.from_settings(self.recovery, keys.shape[1], keys.shape[3], values.shape[3])
 
     def _capacity_for(self, needed: int) -> int:
         """Grow in steps like KVCache, but never past the budget unless a
@@ -393,13 +383,7 @@ class HeapKVCache:
 
     def _grow(self, needed: int) -> None:
         self.slots.grow(self._capacity_for(needed))
-        self._shift_mx = None
-
-    def _query_block(self, n_query_heads: int) -> int:
-        """Rows of queries per attention block: at most score_block, and few
-        enough that one block's weights stay near 16M floats (64 MB) however
-        long the context."""
-        return max(16, min(self.score_block, (1 << 24) // max(1, n_query_heads * self.end)))
+        self.shifts.invalidate()
 
     def _make_room(self, n: int) -> None:
         """Room for n more slots at the end: reclaim dead slots first, then grow."""
@@ -413,53 +397,15 @@ class HeapKVCache:
         self._make_room(n_new)
         start, stop = self.end, self.end + n_new
         self.slots.write_range(start, stop, keys=keys, values=values, positions=self.tokens_seen + np.arange(n_new))
-        self._set_new_shift(np.s_[:, start:stop])
+        self.shifts.stamp_range(self.slots, start, stop, self._query_base, self._live)
         self.end = stop
         self._live += n_new
 
     def _write_into_dead_slot(self, keys: mx.array, values: mx.array, slots: np.ndarray) -> None:
         self.slots.write_slots(slots, keys=keys[:, :, 0], values=values[:, :, 0], positions=self.tokens_seen)
-        self._set_new_shift((np.arange(len(slots)), slots))
+        self.shifts.stamp_slots(self.slots, slots, self._query_base, self._live)
         self._live += 1
         self._reused = slots
-
-    def _set_new_shift(self, where) -> None:
-        """New tokens rank right after the kept ones; mlx-lm rotated them at
-        the query base, which differs from their rank only just after a collection."""
-        if self.position_mode != "cache":
-            return
-        n = self.slots.rot[where].shape[-1] if isinstance(where[1], slice) else 1
-        steps = np.arange(n) if isinstance(where[1], slice) else 0
-        self.slots.rot[where] = self._query_base + steps
-        self.slots.rank[where] = self._live + steps
-        if self._live != self._query_base:
-            self._shift_mx = None  # a shift is now owed; rebuild before attention
-        elif self._shift_mx is not None:
-            if isinstance(where[1], slice):
-                self._shift_mx[:, where[1]] = 0
-            else:
-                self._shift_mx[mx.array(where[0]), mx.array(where[1])] = 0
-
-    def _refresh_ranks(self) -> None:
-        """After evictions every survivor's rank may drop: it is owed the difference."""
-        if self.position_mode != "cache" or not self.slots.allocated:
-            return
-        self.slots.rank[:, : self.end] = ranks(self.slots.positions[:, : self.end])
-        self._shift_mx = None
-
-    def _keys_for_attention(self, keys: mx.array, n_new: int) -> mx.array:
-        if self.position_mode != "cache":
-            return keys
-        if self.rope is None:
-            raise ValueError("positions: 'cache' needs the model's rope; build the heap with make_heap_cache(model, ...)")
-        base = self._query_base - (self._live - n_new)
-        if self._shift_mx is None:
-            shift = np.where(self.slots.positions >= 0, self.slots.rank - self.slots.rot, 0)
-            self._shift_nonzero = bool(shift.any())
-            self._shift_mx = mx.array(shift.astype(np.int32))
-        if base == 0 and not self._shift_nonzero:
-            return keys
-        return shift_keys(self.rope, keys, self._shift_mx[:, : self.end] + base)
 
     def _host_scores(self) -> np.ndarray:
         view = self.slots.host_view(self.end, observed=self.policy.observes != "none")
@@ -479,7 +425,7 @@ class HeapKVCache:
         end = self.end
         scores = self._host_scores()
         if self.rank_noise > 0:
-            scores = _normalise(scores, self.slots.positions[:, :end]) + self._rng.normal(0.0, self.rank_noise, scores.shape)
+            scores = noisy(scores, self.slots.positions[:, :end], self.rank_noise, self._rng)
         n_evict = self.live - (self.budget - self.collect_batch)
         major = (self.collections + 1) % self.major_every == 0
         positions, tenured, survived = (a[:, :end] for a in (self.slots.positions, self.slots.tenured, self.slots.survived))
@@ -500,7 +446,7 @@ class HeapKVCache:
             self.slots.bias[mx.array(np.repeat(np.arange(self.slots.n_heads), n_victims)),
                             mx.array(result.victims.reshape(-1))] = -mx.inf
             self._free.extend(result.victims[:, i] for i in range(n_victims - 1, -1, -1))
-        self._refresh_ranks()
+        self.shifts.refresh(self.slots, end)
         self.collections += 1
         self.evictions += result.victims.shape[1]
         self.promotions += result.promoted
@@ -543,66 +489,20 @@ class HeapKVCache:
         self.end = stop
         self._live += n
         self.recalls += n
-        self._refresh_ranks()
+        self.shifts.refresh(self.slots, self.end)
 
     def _compact(self, extra: int = 0) -> None:
         """Reallocate the live slots contiguously, in position order, per head
         (with a cold tier: its tokens first, then the rest)."""
         end, live = self.end, self.live
-        pos = self.slots.positions[:, :end]
-        alive = pos >= 0
-        H = pos.shape[0]
-        n_cold = 0
-        sort_key = np.where(alive, pos, np.iinfo(np.int64).max)
-        if self.slots.cold is not None:
-            cold = alive & ~protected_mask(pos, self.tokens_seen, self.sinks, self.window) & ~self.slots.tenured[:, :end]
-            n_cold = int(cold.sum(axis=1).min()) if H else 0
-            # the same count in every head: each head's oldest cold-eligible tokens
-            if n_cold:
-                oldest = np.sort(np.where(cold, pos, np.iinfo(np.int64).max), axis=1)[:, n_cold - 1: n_cold]
-                cold &= pos <= oldest
-            sort_key = np.where(cold, sort_key - np.iinfo(np.int64).max // 2, sort_key)
-        order = np.argsort(sort_key, axis=1, kind="stable")[:, :live]
+        order, n_cold = compaction_order(
+            self.slots.positions[:, :end], self.slots.tenured[:, :end], live=live, cold=self.slots.cold is not None,
+            offset=self.tokens_seen, sinks=self.sinks, window=self.window)
         self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end)
         self._free = []
-        self._shift_mx = None
+        self.shifts.invalidate()
         self.end = live
         self.compactions += 1
-
-    def _fast_attention(self, queries, keys, values, scale, dead_bias, n_new):
-        if dead_bias is None:
-            mask = "causal" if n_new > 1 else None
-        else:
-            G = queries.shape[1] // keys.shape[1]
-            bias = mx.repeat(dead_bias, G, axis=0)[None, :, None, :]
-            if n_new > 1:
-                cols = mx.arange(self.end)
-                rows = self.end - n_new + mx.arange(n_new)
-                bias = mx.where(cols[None, :] <= rows[:, None], bias, -mx.inf)
-            mask = bias.astype(queries.dtype)
-        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
-
-
-def attention_summary(weights: mx.array, live: int) -> dict[str, mx.array]:
-    """Entropy (nats) and the mass on the top 1% / 5% of live keys, per KV head,
-    averaged over the group's query heads; lazy, read when someone looks."""
-    w = weights.astype(mx.float32)
-    entropy = -(w * mx.log(mx.maximum(w, 1e-30))).sum(axis=-1).mean(axis=-1)
-    ordered = mx.sort(w, axis=-1)[..., ::-1]
-    share = {}
-    for name, fraction in (("top1", 0.01), ("top5", 0.05)):
-        k = max(1, int(np.ceil(live * fraction)))
-        share[name] = ordered[..., :k].sum(axis=-1).mean(axis=-1)
-    return {"entropy": entropy, "top1": share["top1"], "top5": share["top5"], "keys": mx.array(live)}
-
-
-def _normalise(scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Scale each head's live scores to [0, 1] so rank_noise means the same for every policy."""
-    alive = positions >= 0
-    lo = np.where(alive, scores, np.inf).min(axis=1, keepdims=True)
-    hi = np.where(alive, scores, -np.inf).max(axis=1, keepdims=True)
-    return (scores - lo) / np.maximum(hi - lo, 1e-12)
-
 
 _LEGACY_STATE = ("keys", "values", "acc", "seen", "positions", "tenured", "survived", "rot", "info", "meta")
 

@@ -88,8 +88,8 @@ class SlotTable:
         self.n_heads = 0
         self.allocated = False
         self._rows: dict[str, tuple[Any, int]] = {}  # model_rows fields: (dtype, D)
-        for f in fields:
-            setattr(self, f.name, None)
+        for f in fields:  # empty until the first tokens say how many heads (and, for keys, which dtype)
+            setattr(self, f.name, None if f.model_rows else self._blank(f, 0))
 
     # ------------------------------------------------------------ allocation
     def allocate(self, capacity: int, **like: mx.array) -> None:
