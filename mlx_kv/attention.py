@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlx.core as mx
 import numpy as np
@@ -66,6 +66,13 @@ def is_installed(model: Any) -> bool:
     return hasattr(current, "__mlx_kv_original__")
 
 
+class Attended(NamedTuple):
+    output: mx.array  # (1, Hq, S, Dv)
+    weights: mx.array | None  # (H, L): weights summed over the group's query heads and the score rows
+    count: mx.array | None  # (H, L): how many (query head, score row) pairs could see each key
+    last_row: mx.array | None  # (H, G, L): the last query's weights, when asked for (diagnostics)
+
+
 def grouped_attention(
     queries: mx.array,
     keys: mx.array,
@@ -77,7 +84,7 @@ def grouped_attention(
     score_rows: tuple[int, int] = (0, 0),
     block: int = 256,
     keep_last_row: bool = False,
-) -> tuple[mx.array, mx.array | None, mx.array | None]:
+) -> Attended:
     """Softmax attention of queries (1, Hq, S, D) over keys (1, H, L, D).
 
     first_query_slot: the slot of the first query when the S queries occupy
@@ -86,11 +93,10 @@ def grouped_attention(
     dead_bias: (H, L) additive bias, -inf on evicted slots.
     score_rows: the half-open range of query rows whose weights are summed.
 
-    Returns the output (1, Hq, S, Dv), the weights summed over the group's
-    query heads and the score rows (H, L), and how many (head, query) pairs
-    could see each key (H, L). The last two are None for an empty range.
-    With keep_last_row, the last query's weights (H, G, L) are left in
-    `grouped_attention.last_row` for diagnostics.
+    Returns the output, the weights summed over the group's query heads and
+    the score rows, and how many (head, query) pairs could see each key (the
+    last two are None for an empty range); with keep_last_row, also the last
+    query's weights, for diagnostics.
     """
     B, n_q, S, D = queries.shape
     H, L = keys.shape[1], keys.shape[2]
@@ -102,7 +108,7 @@ def grouped_attention(
     bias = None if dead_bias is None else dead_bias[None, :, None, :]
     cols = mx.arange(L)
     a, b = score_rows
-    outs, weight_sum = [], None
+    outs, weight_sum, last_row = [], None, None
     for r0 in range(0, S, block):
         r1 = min(S, r0 + block)
         rows = r1 - r0
@@ -117,7 +123,7 @@ def grouped_attention(
         outs.append((w.astype(values.dtype) @ values).reshape(B, H, G, rows, -1))
         w = w.reshape(B, H, G, rows, L)
         if keep_last_row and r1 == S:
-            grouped_attention.last_row = w[0, :, :, -1, :]
+            last_row = w[0, :, :, -1, :]
         lo, hi = max(a, r0), min(b, r1)
         if lo < hi:
             part = w[:, :, :, lo - r0 : hi - r0, :].sum(axis=(2, 3))[0]
@@ -125,13 +131,13 @@ def grouped_attention(
     out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=3)
     out = out.reshape(B, n_q, S, -1)
     if weight_sum is None:
-        return out, None, None
+        return Attended(out, None, None, last_row)
     if first_query_slot is None or S == 1:
         count = mx.full((H, L), float(G * (b - a)))
     else:
         visible = mx.clip(first_query_slot + b - cols, 0, b - a).astype(mx.float32)
         count = mx.broadcast_to(visible[None] * G, (H, L))
-    return out, weight_sum, count
+    return Attended(out, weight_sum, count, last_row)
 
 
 def masked_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,

@@ -1,13 +1,17 @@
 """The slot table: a field declared once is allocated, written, grown, compacted, counted and saved."""
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_kv.heap import slots as slots_module
 from mlx_kv.heap.cold import ColdTier
 from mlx_kv.heap.layer import HeapKVCache
 from mlx_kv.heap.slots import SLOTS, Field, SlotTable, slot_bytes
-from mlx_kv.policies import H2O
+from mlx_kv.policies import H2O, POLICIES, Policy, SlotView
 
 H, D = 2, 32
 RECON = Field("recon", mx.float32, 0.0, device=True, saved=True, folded=True)
@@ -83,8 +87,8 @@ def test_declarations_are_checked():
         Field("x", mx.float32, 0.0, device=True, saved=True, cold=True)
 
 
-def _fed_heap(**settings):
-    layer = HeapKVCache(24, sinks=2, window=4, policy=H2O(), **settings)
+def _fed_heap(policy=None, **settings):
+    layer = HeapKVCache(24, sinks=2, window=4, policy=policy or H2O(), **settings)
     rng = np.random.default_rng(0)
     for t in range(60):
         k = mx.array(rng.normal(size=(1, H, 1, D)).astype(np.float32))
@@ -113,3 +117,31 @@ def test_restoring_state_keeps_the_heaps_own_settings_and_reads_old_tuple_states
     old = HeapKVCache.from_state(legacy)
     assert [list(k) for k in old.kept_positions()] == [list(k) for k in layer.kept_positions()]
     np.testing.assert_array_equal(np.array(old.slots.acc), np.array(layer.slots.acc[:, : layer.end]))
+
+
+@dataclass
+class PeakAttention(Policy):
+    """The best single call's mean attention a token ever drew: an accumulator folded by max."""
+
+    name: ClassVar[str] = "peak"
+
+    def accumulate(self, folded, weights, count):
+        return {**super().accumulate(folded, weights, count),
+                "recon": mx.maximum(folded["recon"], weights / mx.maximum(count, 1.0))}
+
+    def score(self, view: SlotView) -> np.ndarray:
+        return view.recon
+
+
+def test_a_new_accumulator_costs_one_declaration_and_the_policy_that_reads_it(monkeypatch):
+    monkeypatch.setattr(slots_module, "SLOTS", SLOTS + (RECON,))
+    monkeypatch.setitem(POLICIES, "peak", PeakAttention)
+    layer = _fed_heap(PeakAttention())
+    recon = np.array(layer.slots.recon[:, : layer.end])
+    alive = layer.slots.positions[:, : layer.end] >= 0
+    assert layer.evictions > 0 and layer.compactions > 0
+    assert 0 < recon[alive].max() <= 1 and np.all(recon[alive] >= 0)
+    assert HeapKVCache.slot_bytes(D, 4) == slot_bytes(D, 4, SLOTS) + 4  # budgets in bytes count it too
+    assert layer.nbytes == HeapKVCache.slot_bytes(D, 4) * H * layer.slots.capacity
+    restored = HeapKVCache.from_state(layer.state)
+    np.testing.assert_array_equal(np.array(restored.slots.recon), recon)

@@ -34,7 +34,7 @@ from mlx_kv.heap.cold import ColdTier
 from mlx_kv.heap.collector import collect, compaction_order, noisy, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore
 from mlx_kv.heap.slots import SlotTable, slot_bytes
-from mlx_kv.policies import POLICIES, Policy
+from mlx_kv.policies import POLICIES, Policy, SlotView
 from mlx_kv.positions import CacheShifts, check_rope, key_shifts
 
 _STEP = 256
@@ -157,23 +157,21 @@ class HeapKVCache(_BaseCache):
         first = None if self._reused is not None else self.end - n_new
         dead_bias = self.slots.bias[:, : self.end] if self._live < self.end else None
         keys = self.shifts.keys(self.rope, self.slots, keys, self.end, self._query_base - (self._live - n_new))
-        observes = self.policy.observes
-        if observes == "none":
+        policy = self.policy
+        if policy.observes == "none":
             out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
-            rows = {"all": (0, n_new), "last": (n_new - 1, n_new),
-                    "window": (max(0, n_new - self.policy.observation_window), n_new)}[observes]
             sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
-            out, weights, count = grouped_attention(
-                queries, keys, values, scale, first_query_slot=first,
-                dead_bias=dead_bias, score_rows=rows, block=query_block(self.score_block, queries.shape[1], self.end),
+            attended = grouped_attention(
+                queries, keys, values, scale, first_query_slot=first, dead_bias=dead_bias,
+                score_rows=policy.score_rows(n_new), block=query_block(self.score_block, queries.shape[1], self.end),
                 keep_last_row=sample,
             )
+            out = attended.output
             if sample:
-                self.attention_stats = attention_summary(grouped_attention.last_row, self._live)
-            folded = self.slots.accumulators(self.end)
-            acc, seen = self.policy.accumulate(folded["acc"], folded["seen"], weights, count)
-            self.slots.update_accumulators(self.end, {"acc": acc, "seen": seen})
+                self.attention_stats = attention_summary(attended.last_row, self._live)
+            folded = policy.accumulate(self.slots.accumulators(self.end), attended.weights, attended.count)
+            self.slots.update_accumulators(self.end, folded)
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
         if self.live > self.budget:
@@ -408,11 +406,8 @@ class HeapKVCache(_BaseCache):
         self._reused = slots
 
     def _host_scores(self) -> np.ndarray:
-        view = self.slots.host_view(self.end, observed=self.policy.observes != "none")
-        acc, seen, positions = view["acc"], view["seen"], view["positions"]
-        if self.policy.uses_info:
-            return self.policy.scores(acc, seen, positions, self.tokens_seen, info=view["info"])
-        return self.policy.scores(acc, seen, positions, self.tokens_seen)
+        observed = self.policy.observes != "none"
+        return self.policy.score(SlotView(self.slots.host_view(self.end, observed), self.tokens_seen))
 
     def _collect(self) -> None:
         started = time.perf_counter()

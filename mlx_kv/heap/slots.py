@@ -69,17 +69,17 @@ SLOTS: tuple[Field, ...] = (
 )
 
 
-def slot_bytes(head_dim: int, itemsize: int, fields: tuple[Field, ...] = SLOTS) -> int:
+def slot_bytes(head_dim: int, itemsize: int, fields: tuple[Field, ...] | None = None) -> int:
     """Bytes one slot of one KV head costs in every field (see SlotTable.nbytes)."""
-    return sum(f.slot_bytes(head_dim, itemsize) for f in fields)
+    return sum(f.slot_bytes(head_dim, itemsize) for f in fields or SLOTS)
 
 
 class SlotTable:
     """The per-slot arrays of one layer: one attribute per field, named as
     declared, each `capacity` slots wide (cold fields: capacity - hot0)."""
 
-    def __init__(self, cold: ColdTier | None = None, fields: tuple[Field, ...] = SLOTS) -> None:
-        self.fields = fields
+    def __init__(self, cold: ColdTier | None = None, fields: tuple[Field, ...] | None = None) -> None:
+        self.fields = fields = fields or SLOTS
         self._by_name = {f.name: f for f in fields}
         self.folded = tuple(f.name for f in fields if f.folded)
         self.cold = cold
@@ -217,10 +217,11 @@ class SlotTable:
 
     @classmethod
     def from_saved(cls, arrays: dict[str, mx.array], cold: ColdTier | None = None,
-                   fields: tuple[Field, ...] = SLOTS) -> "SlotTable":
+                   fields: tuple[Field, ...] | None = None) -> "SlotTable":
         """A table holding exactly the slots `saved` wrote; fields it lacks
         (not saved, or newer than the file) start at their fill."""
         table = cls(cold, fields)
+        fields = table.fields
         keys = arrays["keys"]
         table.n_heads, n = keys.shape[1], keys.shape[2]
         table._rows = {f.name: (arrays[f.name].dtype, arrays[f.name].shape[-1]) for f in fields if f.model_rows}
