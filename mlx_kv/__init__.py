@@ -16,8 +16,9 @@ _EXPORTS = {
     "HeapKVCache": "mlx_kv.heap.layer",
     "make_heap_cache": "mlx_kv.heap.factory",
     "load_heap_cache": "mlx_kv.heap.factory",
-    "install": "mlx_kv.attention",
-    "uninstall": "mlx_kv.attention",
+    "install": "mlx_kv.hook",
+    "uninstall": "mlx_kv.hook",
+    "heap_hook": "mlx_kv.hook",
     "POLICIES": "mlx_kv.policies",
     "Session": "mlx_kv.engine",
 }

@@ -1,8 +1,5 @@
-"""Attention that also tells the heap where it went.
-
-mlx-lm's model modules import `scaled_dot_product_attention` by name, so the
-hook replaces that name in the model's own module with a dispatcher: heap
-caches get `cache.attend(...)`, every other cache the original function.
+"""Attention that also tells the heap where it went (mlx_kv.hook routes the
+model's attention here through `HeapKVCache.attend`).
 
 `grouped_attention` computes attention explicitly, in blocks of queries so
 prefill never materialises chunk x context weights, and returns the weights
@@ -12,58 +9,10 @@ GQA group are folded together, keys and values are never repeated.
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import mlx.core as mx
 import numpy as np
-
-_ORIGINALS: dict[str, Any] = {}
-
-
-def _dispatch_for(original):
-    def scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks=None):
-        attend = getattr(cache, "attend", None)
-        if attend is not None and sinks is None:
-            return attend(queries, keys, values, scale=scale, mask=mask)
-        return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
-
-    scaled_dot_product_attention.__mlx_kv_original__ = original
-    return scaled_dot_product_attention
-
-
-def model_module(model: Any) -> ModuleType:
-    return sys.modules[type(model).__module__]
-
-
-def install(model: Any) -> None:
-    """Route the model module's attention through heap caches (idempotent)."""
-    module = model_module(model)
-    current = getattr(module, "scaled_dot_product_attention", None)
-    if current is None:
-        arch = getattr(getattr(model, "args", None), "model_type", module.__name__)
-        raise ValueError(
-            f"architecture {arch!r} computes attention inline; the heap cannot observe it"
-        )
-    if hasattr(current, "__mlx_kv_original__"):
-        return
-    _ORIGINALS[module.__name__] = current
-    module.scaled_dot_product_attention = _dispatch_for(current)
-
-
-def uninstall(model: Any = None) -> None:
-    """Restore the original attention in one model's module, or in all of them."""
-    names = [model_module(model).__name__] if model is not None else list(_ORIGINALS)
-    for name in names:
-        original = _ORIGINALS.pop(name, None)
-        if original is not None and name in sys.modules:
-            sys.modules[name].scaled_dot_product_attention = original
-
-
-def is_installed(model: Any) -> bool:
-    current = getattr(model_module(model), "scaled_dot_product_attention", None)
-    return hasattr(current, "__mlx_kv_original__")
 
 
 class Attended(NamedTuple):

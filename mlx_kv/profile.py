@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from mlx_kv.attention import uninstall
+from mlx_kv.hook import heap_hook
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.information import prefill
@@ -35,7 +35,7 @@ def profile_model(model: Any, tokenizer: Any, *, prompts: int = 4, tokens: int =
 
     rng = random.Random(seed)
     per_layer: list[dict[str, list]] = [{"entropy": [], "top1": [], "top5": []} for _ in model.layers]
-    try:
+    with heap_hook(model):
         for i in range(prompts):
             sample = make_sample(TASKS[i % len(TASKS)], tokens, tokenizer, depth=rng.random(), seed=seed + i)
             ids = list(tokenizer.encode(format_prompt(tokenizer, sample), add_special_tokens=False))
@@ -49,8 +49,6 @@ def profile_model(model: Any, tokenizer: Any, *, prompts: int = 4, tokens: int =
                 for index, layer in enumerate(cache):
                     for key in per_layer[index]:
                         per_layer[index][key].append(np.array(layer.attention_stats[key]))
-    finally:
-        uninstall(model)
     layers = []
     for stats in per_layer:
         heads = {key: np.stack(values).mean(axis=0) for key, values in stats.items()}

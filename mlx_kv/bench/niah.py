@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from mlx_kv.attention import uninstall
+from mlx_kv.hook import uninstall
 from mlx_kv.bench.variants import policy_config
 from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.information import prefill

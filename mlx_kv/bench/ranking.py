@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlx_kv.attention import uninstall
+from mlx_kv.hook import uninstall
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import make_heap_cache
 from mlx_kv.information import prefill

@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
-from mlx_kv.attention import uninstall
+from mlx_kv.hook import uninstall
 from mlx_kv.bench.variants import policy_config
 from mlx_kv.heap.factory import make_heap_cache
 

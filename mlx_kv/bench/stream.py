@@ -18,7 +18,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import psutil
 
-from mlx_kv.attention import uninstall
+from mlx_kv.hook import uninstall
 from mlx_kv.bench.niah import Runner
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.factory import make_heap_cache

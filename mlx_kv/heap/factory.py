@@ -6,7 +6,7 @@ from typing import Any
 
 import mlx_lm.models.cache as mlx_cache
 
-from mlx_kv.attention import install
+from mlx_kv.hook import install
 from mlx_kv.budget import kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.cold import group_size_for
