@@ -155,7 +155,7 @@ def test_every_stored_row_is_its_token_key_exact_when_hot_and_quantized_once_whe
 def test_a_cold_heap_saves_and_restores(tmp_path):
     from mlx_lm.models.cache import save_prompt_cache
 
-    from mlx_kv.heap.factory import load_heap_cache
+    from mlx_kv.heap.prompt_cache import load_heap_cache
 
     model = _model()
     tokens = np.random.default_rng(4).integers(0, 101, size=300)

@@ -5,7 +5,8 @@ import numpy as np
 
 from conftest import build_model
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
-from mlx_kv.information import prefill, token_information
+from mlx_kv.generate import prefill
+from mlx_kv.information import token_information
 from mlx_kv.policies import SlotView
 from mlx_kv.policies.surprise import Surprise, percentiles
 

@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from mlx_kv.hook import uninstall
 from mlx_kv.bench.variants import policy_config
-from mlx_kv.heap.factory import make_heap_cache
-from mlx_kv.information import prefill
+from mlx_kv.generate import decode, prefill
+from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
+from mlx_kv.hook import heap_hook
 from mlx_kv.tasks import answer_text, format_prompt, make_sample
 
 CHUNK = 512
@@ -94,14 +94,9 @@ class Runner:
         return prefill(self.model, cache, tokens, chunk=chunk, previous=previous)[0]
 
     def answer(self, cache: list, logits: mx.array, limit: int) -> str:
-        out: list[int] = []
-        for _ in range(limit):
-            token = int(mx.argmax(logits).item())
-            if token in self.eos:
-                break
-            out.append(token)
-            logits = self.model(mx.array([[token]]), cache=cache)[0, -1]
-        return self.tokenizer.decode(out)
+        """The greedy answer, up to `limit` tokens or an end-of-sequence token."""
+        steps = decode(self.model, cache, logits, max_tokens=limit, stop_tokens=self.eos)
+        return self.tokenizer.decode([token for token, _ in steps])
 
     def trial(self, sample, policy: str, prune_ratio: float, setting: str) -> float:
         doc = format_prompt(self.tokenizer, sample, include_question=False)
@@ -119,7 +114,7 @@ class Runner:
         else:
             logits = self.prefill(cache, doc_tokens)
             logits = self.prefill(cache, self.encode(full[len(doc):]), previous=logits)
-        self.last_kv_bytes = sum(c.nbytes for c in cache)
+        self.last_kv_bytes = total_bytes(cache)
         prediction = self.answer(cache, logits, limit)
         return float(sample.score(prediction))
 
@@ -132,7 +127,7 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
     runner = Runner(model, tokenizer, window=window, profile=profile)
     policies, ratios, settings = list(policies), list(ratios), list(settings)
     cells = []
-    try:
+    with heap_hook(model):
         for task in tasks:
             samples = [make_sample(task, context, tokenizer, depth=_depth(i, trials, depths),
                                    seed=EVAL_SEED_BASE + seed + i) for i in range(trials)]
@@ -146,8 +141,6 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
                         cell = Cell(task, policy, ratio, setting, context, trials, correct, kv_bytes / max(1, trials))
                         cells.append(cell)
                         emit(cell)
-    finally:
-        uninstall(model)
     return cells
 
 
@@ -164,7 +157,7 @@ def grid(model: Any, tokenizer: Any, *, policy: str, ratio: float, setting: str,
     """Single-needle accuracy over a length x depth grid."""
     runner = Runner(model, tokenizer, window=window)
     rows = []
-    try:
+    with heap_hook(model):
         for length in lengths:
             for depth in depths:
                 samples = [make_sample("single_needle", length, tokenizer, depth=depth, seed=EVAL_SEED_BASE + seed + i)
@@ -172,8 +165,6 @@ def grid(model: Any, tokenizer: Any, *, policy: str, ratio: float, setting: str,
                 acc = sum(runner.trial(s, policy, ratio, setting) for s in samples) / trials
                 rows.append({"policy": policy, "prune_ratio": ratio, "setting": setting,
                              "context_tokens": length, "depth": depth, "trials": trials, "accuracy": acc})
-    finally:
-        uninstall(model)
     return rows
 
 
