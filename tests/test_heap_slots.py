@@ -145,3 +145,15 @@ def test_a_new_accumulator_costs_one_declaration_and_the_policy_that_reads_it(mo
     assert layer.nbytes == HeapKVCache.slot_bytes(D, 4) * H * layer.slots.capacity
     restored = HeapKVCache.from_state(layer.state)
     np.testing.assert_array_equal(np.array(restored.slots.recon), recon)
+
+
+def test_slots_from_the_end_on_hold_their_fills_so_a_new_token_writes_only_what_it_brings():
+    layer = _fed_heap()
+    layer.trim(3)  # gives the last three slots back
+    slots, end = layer.slots, layer.end
+    assert layer.tokens_seen == 57 and end < slots.capacity
+    for f in slots.fields:
+        if f.reset and f.name != "keys" and f.name != "values":
+            tail = np.array(getattr(slots, f.name))[..., end:]
+            assert np.all((tail == f.fill) | (np.isnan(tail) & np.isnan(f.fill))), f.name
+    np.testing.assert_array_equal(np.array(slots.keys)[:, :, end:], 0.0)

@@ -148,7 +148,10 @@ class HeapKVCache(_BaseCache):
 
     def _full_kv(self) -> tuple[mx.array, mx.array]:
         """Keys and values of slots [0, end), the cold tier's dequantized."""
-        return self.slots.full("keys", self.end), self.slots.full("values", self.end)
+        slots, end = self.slots, self.end
+        if not slots.hot0:  # every decode step: as cheap as KVCache's slice
+            return slots.keys[..., :end, :], slots.values[..., :end, :]
+        return slots.full("keys", end), slots.full("values", end)
 
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
         """Attention over the live slots; feeds the policy; collects if over budget."""
@@ -162,16 +165,14 @@ class HeapKVCache(_BaseCache):
             out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
             sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
-            attended = grouped_attention(
+            out, weights, count, last_row = grouped_attention(
                 queries, keys, values, scale, first_query_slot=first, dead_bias=dead_bias,
                 score_rows=policy.score_rows(n_new), block=query_block(self.score_block, queries.shape[1], self.end),
                 keep_last_row=sample,
             )
-            out = attended.output
             if sample:
-                self.attention_stats = attention_summary(attended.last_row, self._live)
-            folded = policy.accumulate(self.slots.accumulators(self.end), attended.weights, attended.count)
-            self.slots.update_accumulators(self.end, folded)
+                self.attention_stats = attention_summary(last_row, self._live)
+            self.slots.fold(self.end, policy.accumulate, weights, count)
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
         if self.live > self.budget:
@@ -266,8 +267,11 @@ class HeapKVCache(_BaseCache):
 
     def _sync_from_positions(self) -> None:
         """Rebuild the counters, free list and bias from `positions`."""
+        old_end = self.end
         while self.end > 0 and (self.slots.positions[:, self.end - 1] < 0).all():
             self.end -= 1
+        if self.end < old_end:
+            self.slots.clear(self.end, old_end)  # slots from the end on hold their fills
         pos = self.slots.positions[:, : self.end]
         self._live = int((pos[0] >= 0).sum()) if len(pos) else 0
         dead = pos < 0

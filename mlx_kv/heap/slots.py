@@ -14,8 +14,8 @@ below hot0 live quantized in the cold tier (mlx_kv.heap.cold).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import mlx.core as mx
 import numpy as np
@@ -34,17 +34,18 @@ class Field:
     model_rows: bool = False  # shaped (1, H, slots, D) like the model's keys/values, whose dtype and D it takes
     cold: bool = False  # slots below hot0 live quantized in the cold tier
     folded: bool = False  # a policy accumulator: folded on the device at each call, read at collections
+    reset: bool = True  # a new token's slot starts at `fill`; False: the field's owner writes it
+    moved: bool = True  # compaction moves it with its token; False: every kept slot restarts at `fill`
+    axis: int = field(init=False)  # the slot axis; the head axis is just before it
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "axis", 2 if self.model_rows or self.channels else 1)
         if self.folded and not (self.device and self.axis == 1):
             raise ValueError(f"slot field {self.name}: an accumulator is an (H, slots) device array")
         if self.cold and not self.model_rows:
             raise ValueError(f"slot field {self.name}: only keys/values rows can be stored in the cold tier")
-
-    @property
-    def axis(self) -> int:
-        """The slot axis; the head axis is just before it."""
-        return 2 if self.model_rows or self.channels else 1
+        if self.model_rows and not self.device:
+            raise ValueError(f"slot field {self.name}: keys/values rows live on the device")
 
     def slot_bytes(self, head_dim: int, itemsize: int) -> int:
         """Bytes one slot of one head costs in this field."""
@@ -59,12 +60,13 @@ SLOTS: tuple[Field, ...] = (
     Field("values", None, 0.0, device=True, saved=True, model_rows=True, cold=True),
     Field("acc", mx.float32, 0.0, device=True, saved=True, folded=True),  # attention, as the policy folds it
     Field("seen", mx.float32, 0.0, device=True, saved=True, folded=True),  # queries that could see the slot
-    Field("bias", mx.float32, 0.0, device=True, saved=False),  # 0 on live slots, -inf on dead ones
+    Field("bias", mx.float32, 0.0, device=True, saved=False, moved=False),  # 0 on live slots, -inf on dead ones
     Field("positions", np.int64, -1, device=False, saved=True),  # the token's original position; -1: dead
     Field("tenured", np.bool_, False, device=False, saved=True),
     Field("survived", np.int32, 0, device=False, saved=True),  # collections survived
-    Field("rot", np.int32, 0, device=False, saved=True),  # positions="cache": where the stored key was rotated
-    Field("rank", np.int32, 0, device=False, saved=False),  # positions="cache": its rank in the cache now
+    # positions="cache" (mlx_kv.positions stamps them): where the stored key was rotated, its rank in the cache now
+    Field("rot", np.int32, 0, device=False, saved=True, reset=False),
+    Field("rank", np.int32, 0, device=False, saved=False, reset=False),
     Field("info", np.float32, np.nan, device=False, saved=True, channels=2),  # surprisal, entropy; nan: unknown
 )
 
@@ -82,6 +84,12 @@ class SlotTable:
         self.fields = fields = fields or SLOTS
         self._by_name = {f.name: f for f in fields}
         self.folded = tuple(f.name for f in fields if f.folded)
+        # Worked out once for the writes every decode step makes: the fills of
+        # a new slot, and which of the index forms built per write each field takes.
+        self._fills = {f.name: f.fill for f in fields if f.reset}
+        self._range_form = {f.name: ((2 if f.cold else 1) if f.axis == 2 else 0) for f in fields}
+        self._slot_form = {name: form if self._by_name[name].device else 3 + form
+                           for name, form in self._range_form.items()}
         self.cold = cold
         self.hot0 = 0  # slots [0, hot0) of the cold fields are in the cold tier
         self.capacity = 0
@@ -107,6 +115,17 @@ class SlotTable:
             setattr(self, f.name, _concat(f, [getattr(self, f.name), self._blank(f, extra)]))
         self.capacity = capacity
 
+    def _padded(self, f: Field, kept, width: int):
+        """`kept` slots first, then blank ones up to `width` (all blank for kept None)."""
+        n = 0 if kept is None else kept.shape[f.axis]
+        if n == width:
+            return kept
+        if f.device:
+            return self._blank(f, width) if kept is None else mx.concatenate([kept, self._blank(f, width - n)], axis=f.axis)
+        out = self._blank(f, width)  # host fields keep their slot axis last
+        out[..., :n] = kept
+        return out
+
     def _blank(self, f: Field, n: int):
         if f.model_rows:
             dtype, width = self._rows[f.name]
@@ -116,32 +135,48 @@ class SlotTable:
 
     # ---------------------------------------------------------------- writes
     def write_range(self, start: int, stop: int, **data: Any) -> None:
-        """Slots [start, stop) of every head: the given fields from `data`,
-        the others back to their fill."""
-        for f in self.fields:
-            offset = self.hot0 if f.cold else 0
-            index = (slice(None),) * f.axis + (slice(start - offset, stop - offset),)
-            getattr(self, f.name)[index] = data.get(f.name, f.fill)
+        """New tokens in slots [start, stop) of every head: the given fields
+        from `data`. The slots must hold their fills, as every slot from the
+        layer's end on does (allocation, growth and compaction leave them so,
+        and `clear` what a shrinking end gives back): a decode token then
+        writes only what it brings."""
+        self._write(start, stop, data)
+
+    def clear(self, start: int, stop: int) -> None:
+        """Slots [start, stop) back to their fills (their owners' fields aside)."""
+        self._write(start, stop, self._fills)
+
+    def _write(self, start: int, stop: int, data: dict[str, Any]) -> None:
+        every, span = slice(None), slice(start, stop)
+        forms = ((every, span), (every, every, span), (every, every, slice(start - self.hot0, stop - self.hot0)))
+        arrays, form = self.__dict__, self._range_form
+        for name, value in data.items():
+            arrays[name][forms[form[name]]] = value
 
     def write_slots(self, slots: np.ndarray, **data: Any) -> None:
-        """One slot per head, slots[h] for head h (a dead slot being reused);
-        model_rows data is (1, H, D)."""
-        heads = np.arange(len(slots))
+        """A new token in one slot per head, slots[h] for head h (a dead slot
+        being reused): the given fields from `data` (model_rows: (1, H, D)),
+        the others back to their fills (their owners' fields aside)."""
+        every, heads = slice(None), np.arange(len(slots))
         h_dev, s_dev = mx.array(heads), mx.array(slots)
         s_hot = mx.array(slots - self.hot0) if self.hot0 else s_dev
-        for f in self.fields:
-            lead = (slice(None),) * (f.axis - 1)
-            index = lead + ((h_dev, s_hot if f.cold else s_dev) if f.device else (heads, slots))
-            getattr(self, f.name)[index] = data.get(f.name, f.fill)
+        forms = ((h_dev, s_dev), (every, h_dev, s_dev), (every, h_dev, s_hot), (heads, slots), (every, heads, slots))
+        arrays, form = self.__dict__, self._slot_form
+        for name, value in {**self._fills, **data}.items():
+            arrays[name][forms[form[name]]] = value
 
-    def accumulators(self, end: int) -> dict[str, mx.array]:
-        """The folded fields of slots [0, end), for the policy to fold a call into."""
-        return {name: getattr(self, name)[:, :end] for name in self.folded}
-
-    def update_accumulators(self, end: int, folded: dict[str, mx.array]) -> None:
-        for name, a in folded.items():
-            getattr(self, name)[:, :end] = a
-        mx.async_eval(*(getattr(self, name) for name in self.folded))
+    def fold(self, end: int, accumulate: Callable[..., dict[str, mx.array]], weights: mx.array,
+             count: mx.array) -> None:
+        """Fold one call's attention into the accumulators of slots [0, end)
+        with `accumulate` (the policy's), and start computing them."""
+        arrays, current, written = self.__dict__, {}, []
+        for name in self.folded:
+            current[name] = arrays[name][:, :end]
+        for name, folded in accumulate(current, weights, count).items():
+            target = arrays[name]
+            target[:, :end] = folded
+            written.append(target)
+        mx.async_eval(written)
 
     def reset_accumulators(self) -> None:
         """Back to their fill: a new policy starts afresh."""
@@ -187,7 +222,6 @@ class SlotTable:
     def take(self, order: np.ndarray, n_cold: int, capacity: int, end: int) -> None:
         """Keep the slots `order` (H, n) of [0, end), in that order per head,
         the first n_cold of each head in the cold tier; room for `capacity`."""
-        pad = capacity - order.shape[1]
         cold = [f for f in self.fields if f.cold]
         hot = {f.name: self.used(f.name, end) for f in cold}
         hot_order = order[:, n_cold:]
@@ -197,12 +231,19 @@ class SlotTable:
             sources, hot_order = hot, hot_order - self.hot0
         if self.cold is not None:
             self.cold.rebuild(order[:, :n_cold], self.hot0, hot)
+        index = (order, mx.array(order.astype(np.int32)), np.arange(self.n_heads)[:, None])
+        hot_index = (hot_order, mx.array(hot_order.astype(np.int32)), None)
         for f in self.fields:
-            kept = _gather(f, sources[f.name], hot_order) if f.cold else _gather(f, self.used(f.name, end), order)
-            setattr(self, f.name, _concat(f, [kept, self._blank(f, pad)]) if pad else kept)
+            if not f.moved:
+                kept = None
+            elif f.cold:
+                kept = _gather(f, sources[f.name], hot_index)
+            else:
+                kept = _gather(f, self.used(f.name, end), index)
+            setattr(self, f.name, self._padded(f, kept, capacity - (n_cold if f.cold else 0)))
         self.hot0, self.capacity = n_cold, capacity
         cold_arrays = self.cold.arrays() if self.cold is not None else []
-        mx.eval(*(getattr(self, f.name) for f in self.fields if f.device), *cold_arrays)
+        mx.eval(*(getattr(self, f.name) for f in self.fields if f.device and f.moved), *cold_arrays)
 
     # --------------------------------------------------------- serialization
     def saved(self, end: int) -> dict[str, mx.array]:
@@ -235,12 +276,14 @@ class SlotTable:
         return table
 
 
-def _gather(f: Field, a, order: np.ndarray):
-    """Rows `order` (H, n) of each head of `a` along the slot axis."""
-    shape = (1,) * (f.axis - 1) + order.shape + (1,) * (a.ndim - f.axis - 1)
+def _gather(f: Field, a, index: tuple):
+    """Slots `order` (H, n) of each head of `a`; index is (order, the same
+    on the device, head numbers as a column)."""
+    order, on_device, heads = index
     if f.device:
-        return mx.take_along_axis(a, mx.array(order.astype(np.int32)).reshape(shape), axis=f.axis)
-    return np.take_along_axis(a, order.reshape(shape), axis=f.axis)
+        shape = (1,) * (f.axis - 1) + order.shape + (1,) * (a.ndim - f.axis - 1)
+        return mx.take_along_axis(a, on_device.reshape(shape), axis=f.axis)
+    return a[(slice(None),) * (f.axis - 1) + (heads, order)]
 
 
 def _concat(f: Field, parts: list):
