@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from typing import Any
 
 import mlx.core as mx
@@ -243,8 +244,6 @@ class HeapKVCache(_BaseCache):
         }
 
     def _meta_json(self) -> str:
-        from dataclasses import asdict
-
         return json.dumps({
             **self._settings(), "policy": self.policy.name, "policy_args": asdict(self.policy),
             "offset": self.tokens_seen, "counters": {k: getattr(self, k) for k in COUNTERS},

@@ -110,18 +110,19 @@ class SlotTable:
         self.capacity, self.hot0, self.allocated = capacity, 0, True
 
     def grow(self, capacity: int) -> None:
-        extra = capacity - self.capacity
         for f in self.fields:
-            setattr(self, f.name, _concat(f, [getattr(self, f.name), self._blank(f, extra)]))
+            setattr(self, f.name, self._padded(f, getattr(self, f.name), capacity - (self.hot0 if f.cold else 0)))
         self.capacity = capacity
 
     def _padded(self, f: Field, kept, width: int):
         """`kept` slots first, then blank ones up to `width` (all blank for kept None)."""
-        n = 0 if kept is None else kept.shape[f.axis]
+        if kept is None:
+            return self._blank(f, width)
+        n = kept.shape[f.axis]
         if n == width:
             return kept
         if f.device:
-            return self._blank(f, width) if kept is None else mx.concatenate([kept, self._blank(f, width - n)], axis=f.axis)
+            return mx.concatenate([kept, self._blank(f, width - n)], axis=f.axis)
         out = self._blank(f, width)  # host fields keep their slot axis last
         out[..., :n] = kept
         return out
@@ -285,6 +286,3 @@ def _gather(f: Field, a, index: tuple):
         return mx.take_along_axis(a, on_device.reshape(shape), axis=f.axis)
     return a[(slice(None),) * (f.axis - 1) + (heads, order)]
 
-
-def _concat(f: Field, parts: list):
-    return mx.concatenate(parts, axis=f.axis) if f.device else np.concatenate(parts, axis=f.axis)
