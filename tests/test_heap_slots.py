@@ -32,7 +32,7 @@ def test_a_new_field_is_allocated_written_grown_and_counted():
     assert table.recon.shape == (H, 8) and table.age.shape == (H, 8) and (table.age == 7).all()
     table.write_range(0, 6, keys=keys, values=values, positions=np.arange(6), recon=mx.arange(6) * 1.0, age=1)
     for slots in (np.array([6, 7]), np.array([7, 6])):  # one slot per head
-        table.write_slots(slots, keys=keys[:, :, 0], values=values[:, :, 0], positions=6, age=2)
+        table.write_slots(slots, keys=keys[0, :, 0], values=values[0, :, 0], positions=6, age=2)
     assert table.age[:, :6].tolist() == [[1] * 6] * 2 and table.age[:, 6:].tolist() == [[2, 2]] * 2
     assert np.array(table.recon)[:, 6:].tolist() == [[0.0, 0.0]] * 2  # written slots not given a value: the fill
     table.grow(12)

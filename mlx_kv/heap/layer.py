@@ -403,7 +403,7 @@ class HeapKVCache(_BaseCache):
         self._live += n_new
 
     def _write_into_dead_slot(self, keys: mx.array, values: mx.array, slots: np.ndarray) -> None:
-        self.slots.write_slots(slots, keys=keys[:, :, 0], values=values[:, :, 0], positions=self.tokens_seen)
+        self.slots.write_slots(slots, keys=keys[0, :, 0, :], values=values[0, :, 0, :], positions=self.tokens_seen)
         self.shifts.stamp_slots(self.slots, slots, self._query_base, self._live)
         self._live += 1
         self._reused = slots

@@ -88,8 +88,7 @@ class SlotTable:
         # a new slot, and which of the index forms built per write each field takes.
         self._fills = {f.name: f.fill for f in fields if f.reset}
         self._range_form = {f.name: ((2 if f.cold else 1) if f.axis == 2 else 0) for f in fields}
-        self._slot_form = {name: form if self._by_name[name].device else 3 + form
-                           for name, form in self._range_form.items()}
+        self._slot_form = {f.name: _slot_form(f) for f in fields}
         self.cold = cold
         self.hot0 = 0  # slots [0, hot0) of the cold fields are in the cold tier
         self.capacity = 0
@@ -156,12 +155,14 @@ class SlotTable:
 
     def write_slots(self, slots: np.ndarray, **data: Any) -> None:
         """A new token in one slot per head, slots[h] for head h (a dead slot
-        being reused): the given fields from `data` (model_rows: (1, H, D)),
+        being reused): the given fields from `data` (model_rows: (H, D)),
         the others back to their fills (their owners' fields aside)."""
         every, heads = slice(None), np.arange(len(slots))
         h_dev, s_dev = mx.array(heads), mx.array(slots)
         s_hot = mx.array(slots - self.hot0) if self.hot0 else s_dev
-        forms = ((h_dev, s_dev), (every, h_dev, s_dev), (every, h_dev, s_hot), (heads, slots), (every, heads, slots))
+        # (model rows index their batch axis with 0: a slice there costs MLX an arange and reshapes per write)
+        forms = ((h_dev, s_dev), (0, h_dev, s_dev), (0, h_dev, s_hot), (heads, slots), (every, heads, slots),
+                 (every, h_dev, s_dev))
         arrays, form = self.__dict__, self._slot_form
         for name, value in {**self._fills, **data}.items():
             arrays[name][forms[form[name]]] = value
@@ -275,6 +276,15 @@ class SlotTable:
                 setattr(table, f.name, table._blank(f, n))
         table.capacity, table.allocated = n, True
         return table
+
+
+def _slot_form(f: Field) -> int:
+    """Which of write_slots' index forms field f takes."""
+    if not f.device:
+        return 4 if f.channels else 3
+    if f.model_rows:
+        return 2 if f.cold else 1
+    return 5 if f.channels else 0
 
 
 def _gather(f: Field, a, index: tuple):
