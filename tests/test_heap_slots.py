@@ -101,6 +101,7 @@ def _fed_heap(policy=None, **settings):
 def test_a_heap_counts_every_slot_field_in_nbytes():
     layer = _fed_heap(compact_threshold=0.5)
     assert layer.nbytes == HeapKVCache.slot_bytes(D, 4) * H * layer.slots.capacity
+    assert not hasattr(_fed_heap(cold_bits=8), "bits")  # mlx-lm would route a cache with `bits` to quantized SDPA
 
 
 def test_restoring_state_keeps_the_heaps_own_settings_and_reads_old_tuple_states():
