@@ -1,8 +1,5 @@
-"""Attention that also tells the heap where it went.
-
-mlx-lm's model modules import `scaled_dot_product_attention` by name, so the
-hook replaces that name in the model's own module with a dispatcher: heap
-caches get `cache.attend(...)`, every other cache the original function.
+"""Attention that also tells the heap where it went (mlx_kv.hook routes the
+model's attention here through `HeapKVCache.attend`).
 
 `grouped_attention` computes attention explicitly, in blocks of queries so
 prefill never materialises chunk x context weights, and returns the weights
@@ -12,57 +9,17 @@ GQA group are folded together, keys and values are never repeated.
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-from typing import Any
+from typing import NamedTuple
 
 import mlx.core as mx
-
-_ORIGINALS: dict[str, Any] = {}
-
-
-def _dispatch_for(original):
-    def scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks=None):
-        attend = getattr(cache, "attend", None)
-        if attend is not None and sinks is None:
-            return attend(queries, keys, values, scale=scale, mask=mask)
-        return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
-
-    scaled_dot_product_attention.__mlx_kv_original__ = original
-    return scaled_dot_product_attention
+import numpy as np
 
 
-def model_module(model: Any) -> ModuleType:
-    return sys.modules[type(model).__module__]
-
-
-def install(model: Any) -> None:
-    """Route the model module's attention through heap caches (idempotent)."""
-    module = model_module(model)
-    current = getattr(module, "scaled_dot_product_attention", None)
-    if current is None:
-        arch = getattr(getattr(model, "args", None), "model_type", module.__name__)
-        raise ValueError(
-            f"architecture {arch!r} computes attention inline; the heap cannot observe it"
-        )
-    if hasattr(current, "__mlx_kv_original__"):
-        return
-    _ORIGINALS[module.__name__] = current
-    module.scaled_dot_product_attention = _dispatch_for(current)
-
-
-def uninstall(model: Any = None) -> None:
-    """Restore the original attention in one model's module, or in all of them."""
-    names = [model_module(model).__name__] if model is not None else list(_ORIGINALS)
-    for name in names:
-        original = _ORIGINALS.pop(name, None)
-        if original is not None and name in sys.modules:
-            sys.modules[name].scaled_dot_product_attention = original
-
-
-def is_installed(model: Any) -> bool:
-    current = getattr(model_module(model), "scaled_dot_product_attention", None)
-    return hasattr(current, "__mlx_kv_original__")
+class Attended(NamedTuple):
+    output: mx.array  # (1, Hq, S, Dv)
+    weights: mx.array | None  # (H, L): weights summed over the group's query heads and the score rows
+    count: mx.array | None  # (H, L): how many (query head, score row) pairs could see each key
+    last_row: mx.array | None  # (H, G, L): the last query's weights, when asked for (diagnostics)
 
 
 def grouped_attention(
@@ -76,7 +33,7 @@ def grouped_attention(
     score_rows: tuple[int, int] = (0, 0),
     block: int = 256,
     keep_last_row: bool = False,
-) -> tuple[mx.array, mx.array | None, mx.array | None]:
+) -> Attended:
     """Softmax attention of queries (1, Hq, S, D) over keys (1, H, L, D).
 
     first_query_slot: the slot of the first query when the S queries occupy
@@ -85,11 +42,10 @@ def grouped_attention(
     dead_bias: (H, L) additive bias, -inf on evicted slots.
     score_rows: the half-open range of query rows whose weights are summed.
 
-    Returns the output (1, Hq, S, Dv), the weights summed over the group's
-    query heads and the score rows (H, L), and how many (head, query) pairs
-    could see each key (H, L). The last two are None for an empty range.
-    With keep_last_row, the last query's weights (H, G, L) are left in
-    `grouped_attention.last_row` for diagnostics.
+    Returns the output, the weights summed over the group's query heads and
+    the score rows, and how many (head, query) pairs could see each key (the
+    last two are None for an empty range); with keep_last_row, also the last
+    query's weights, for diagnostics.
     """
     B, n_q, S, D = queries.shape
     H, L = keys.shape[1], keys.shape[2]
@@ -101,7 +57,7 @@ def grouped_attention(
     bias = None if dead_bias is None else dead_bias[None, :, None, :]
     cols = mx.arange(L)
     a, b = score_rows
-    outs, weight_sum = [], None
+    outs, weight_sum, last_row = [], None, None
     for r0 in range(0, S, block):
         r1 = min(S, r0 + block)
         rows = r1 - r0
@@ -116,7 +72,7 @@ def grouped_attention(
         outs.append((w.astype(values.dtype) @ values).reshape(B, H, G, rows, -1))
         w = w.reshape(B, H, G, rows, L)
         if keep_last_row and r1 == S:
-            grouped_attention.last_row = w[0, :, :, -1, :]
+            last_row = w[0, :, :, -1, :]
         lo, hi = max(a, r0), min(b, r1)
         if lo < hi:
             part = w[:, :, :, lo - r0 : hi - r0, :].sum(axis=(2, 3))[0]
@@ -124,10 +80,49 @@ def grouped_attention(
     out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=3)
     out = out.reshape(B, n_q, S, -1)
     if weight_sum is None:
-        return out, None, None
+        return Attended(out, None, None, last_row)
     if first_query_slot is None or S == 1:
         count = mx.full((H, L), float(G * (b - a)))
     else:
         visible = mx.clip(first_query_slot + b - cols, 0, b - a).astype(mx.float32)
         count = mx.broadcast_to(visible[None] * G, (H, L))
-    return out, weight_sum, count
+    return Attended(out, weight_sum, count, last_row)
+
+
+def masked_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
+                     dead_bias: mx.array | None) -> mx.array:
+    """MLX's fused attention, for policies that read no weights: evicted
+    slots (and, for a chunk, later keys) masked by an additive bias."""
+    n_new = queries.shape[2]
+    if dead_bias is None:
+        mask = "causal" if n_new > 1 else None
+    else:
+        G = queries.shape[1] // keys.shape[1]
+        bias = mx.repeat(dead_bias, G, axis=0)[None, :, None, :]
+        if n_new > 1:
+            L = keys.shape[2]
+            cols = mx.arange(L)
+            rows = L - n_new + mx.arange(n_new)
+            bias = mx.where(cols[None, :] <= rows[:, None], bias, -mx.inf)
+        mask = bias.astype(queries.dtype)
+    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+
+
+def query_block(score_block: int, n_query_heads: int, n_keys: int) -> int:
+    """Rows of queries per attention block: at most score_block, and few
+    enough that one block's weights stay near 16M floats (64 MB) however
+    long the context."""
+    return max(16, min(score_block, (1 << 24) // max(1, n_query_heads * n_keys)))
+
+
+def attention_summary(weights: mx.array, live: int) -> dict[str, mx.array]:
+    """Entropy (nats) and the mass on the top 1% / 5% of live keys, per KV head,
+    averaged over the group's query heads; lazy, read when someone looks."""
+    w = weights.astype(mx.float32)
+    entropy = -(w * mx.log(mx.maximum(w, 1e-30))).sum(axis=-1).mean(axis=-1)
+    ordered = mx.sort(w, axis=-1)[..., ::-1]
+    share = {}
+    for name, fraction in (("top1", 0.01), ("top5", 0.05)):
+        k = max(1, int(np.ceil(live * fraction)))
+        share[name] = ordered[..., :k].sum(axis=-1).mean(axis=-1)
+    return {"entropy": entropy, "top1": share["top1"], "top5": share["top5"], "keys": mx.array(live)}

@@ -26,9 +26,10 @@ from mlx_kv.config import HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
+from mlx_kv.generate import decode, make_sampler, prefill
 from mlx_kv.guard import MemoryGuard
-from mlx_kv.heap.factory import load_heap_cache, make_heap_cache
-from mlx_kv.information import prefill, token_information, wants_information
+from mlx_kv.heap.prompt_cache import (counters, load_heap_cache, make_heap_cache, set_budgets, set_policy,
+                                      tier_totals, tokens_seen, total_bytes)
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
 from mlx_kv.session_file import read_session_payload, write_session_file
@@ -110,30 +111,16 @@ class Session:
             self._fed_text += self.tokenizer.decode(reply)
 
     def _decode(self, max_tokens: int, cancel: threading.Event | None, temperature: float) -> Iterator[int]:
-        logits = self._last_logits
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
         start, n = time.perf_counter(), 0
-        informed = wants_information(self.cache)
-        for _ in range(max_tokens):
-            if cancel is not None and cancel.is_set():
-                break
-            token = _sample(logits, temperature)
-            if token in eos:
-                break
-            # Feed before yielding: a caller that stops here leaves no token
-            # in the reply that the heap has not consumed.
-            previous = logits
-            logits = self.model(mx.array([[token]]), cache=self.cache)[0, -1]
-            if informed:
-                surprisal, entropy = token_information(logits[None], [token], previous)
-                for layer in self.cache:
-                    layer.set_token_info(layer.tokens_seen - 1, surprisal, entropy)
-            mx.async_eval(logits)
+        steps = decode(self.model, self.cache, self._last_logits, max_tokens=max_tokens,
+                       sampler=make_sampler(temperature), stop_tokens=eos,
+                       should_stop=cancel.is_set if cancel is not None else None)
+        for token, logits in steps:  # fed already: a caller that stops here leaves the record exact
             self._token_ids.append(token)
             n += 1
             self._last_logits = logits
             yield token
-        self._last_logits = logits
         elapsed = time.perf_counter() - start
         if n:
             self._decode_tps = n / elapsed
@@ -220,9 +207,7 @@ class Session:
         from mlx_kv.budget import tokens_per_layer
 
         try:
-            budgets = tokens_per_layer(config, self.model)
-            for layer, tokens in zip(self.cache, budgets):
-                layer.set_budget(tokens)
+            set_budgets(self.cache, tokens_per_layer(config, self.model))
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.config = config
@@ -230,15 +215,13 @@ class Session:
 
     def set_layer_budgets(self, budgets: list[int]) -> None:
         """Per-layer token budgets, applied at once (the memory guard uses this)."""
-        for layer, tokens in zip(self.cache, budgets):
-            layer.set_budget(tokens)
+        set_budgets(self.cache, budgets)
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
             raise UserError(f"policy: unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
         self.config = _heap_config(self.config.budget, name, self._heap_kwargs(keep_policy_args=False))
-        for layer in self.cache:
-            layer.set_policy(self.config.make_policy())
+        set_policy(self.cache, self.config.make_policy)
 
     def set_system(self, text: str) -> None:
         self.system = text.strip() or None
@@ -270,33 +253,27 @@ class Session:
     # ------------------------------------------------------------- measurements
     @property
     def tokens_seen(self) -> int:
-        return self.cache[0].tokens_seen if self.cache else 0
+        return tokens_seen(self.cache)
 
     def heap_stats(self, n_pillars: int = 8) -> HeapStats:
         per_token = kv_geometry(self.model).heap_bytes_per_token(self.config.positions)
-        tiers = {"sinks": 0, "young": 0, "intermediate": 0, "tenured": 0}
-        layers = []
-        for layer in self.cache:
-            for key, value in layer.tier_counts().items():
-                tiers[key] += value
-            layers.append(LayerUsage(kept=layer.live, budget=layer.budget, nbytes=layer.nbytes))
+        tiers, totals = tier_totals(self.cache), counters(self.cache)
         n = max(1, len(self.cache))
         return HeapStats(
             policy=self.config.policy,
             budget_tokens=self.cache[0].budget,
-            budget_bytes=sum(layer.budget * per_token for layer in self.cache),
-            nbytes=sum(layer.nbytes for layer in self.cache),
+            budget_bytes=totals["budget"] * per_token,
+            nbytes=total_bytes(self.cache),
             tokens_seen=self.tokens_seen,
             tokens_kept=self.cache[0].live,
             sinks=tiers["sinks"] // n, young=tiers["young"] // n,
             intermediate=tiers["intermediate"] // n, tenured=tiers["tenured"] // n,
             # per layer (every layer sees the same tokens), averaged over layers
-            evictions=sum(layer.evictions for layer in self.cache) // n,
-            promotions=sum(layer.promotions for layer in self.cache) // n,
-            compactions=sum(layer.compactions for layer in self.cache) // n,
-            layers=layers,
+            evictions=totals["evictions"] // n, promotions=totals["promotions"] // n,
+            compactions=totals["compactions"] // n,
+            layers=[LayerUsage(kept=layer.live, budget=layer.budget, nbytes=layer.nbytes) for layer in self.cache],
             pillars=self.pillars(n_pillars),
-            cold=sum(layer.cold_tokens for layer in self.cache) // n,
+            cold=totals["cold_tokens"] // n,
             cold_bits=self.config.cold_bits,
         )
 
@@ -420,8 +397,3 @@ def _heap_config(budget: int | str | None, policy: str | None, extra: dict[str, 
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
 
-
-def _sample(logits: mx.array, temperature: float) -> int:
-    if temperature <= 0:
-        return int(mx.argmax(logits).item())
-    return int(mx.random.categorical(logits / temperature).item())

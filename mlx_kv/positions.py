@@ -16,10 +16,13 @@ Variants that also rescale the vectors (YaRN's mscale) are refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
+
+if TYPE_CHECKING:
+    from mlx_kv.heap.slots import SlotTable
 
 _PURE_ROTATIONS = ("RoPE", "Llama3RoPE")
 
@@ -48,3 +51,90 @@ def shift_keys(rope: Any, keys: mx.array, shifts: mx.array) -> mx.array:
     _, H, L, D = keys.shape
     flat = keys.reshape(H * L, 1, 1, D)
     return rope(flat, offset=shifts.reshape(-1)).reshape(1, H, L, D)
+
+
+class AbsoluteShifts:
+    """positions="absolute": every key stays where mlx-lm rotated it."""
+
+    slot_bytes = 0
+
+    def stamp_range(self, slots: "SlotTable", start: int, stop: int, query_base: int, live: int) -> None:
+        pass
+
+    def stamp_slots(self, slots: "SlotTable", where: np.ndarray, query_base: int, live: int) -> None:
+        pass
+
+    def refresh(self, slots: "SlotTable", end: int) -> None:
+        pass
+
+    def invalidate(self) -> None:
+        pass
+
+    def keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
+        return keys
+
+    def nbytes(self, slots: "SlotTable") -> int:
+        return 0
+
+
+class CacheShifts(AbsoluteShifts):
+    """positions="cache": what each stored key is owed, kept on the device as
+    one (H, capacity) int32 array, rebuilt lazily from the slot table's `rot`
+    (where mlx-lm rotated the key) and `rank` (its rank in the cache now)."""
+
+    slot_bytes = 4  # counted whether or not the array is built at the moment
+
+    def __init__(self) -> None:
+        self._shift: mx.array | None = None
+        self._nonzero = False
+
+    def stamp_range(self, slots: "SlotTable", start: int, stop: int, query_base: int, live: int) -> None:
+        """New tokens rank right after the kept ones; mlx-lm rotated them at
+        the query base, which differs from their rank only just after a collection."""
+        steps = np.arange(stop - start)
+        slots.rot[:, start:stop] = query_base + steps
+        slots.rank[:, start:stop] = live + steps
+        if live != query_base:
+            self._shift = None  # a shift is now owed; rebuild before attention
+        elif self._shift is not None:
+            self._shift[:, start:stop] = 0
+
+    def stamp_slots(self, slots: "SlotTable", where: np.ndarray, query_base: int, live: int) -> None:
+        """One new token in slot where[h] of each head h."""
+        heads = np.arange(len(where))
+        slots.rot[heads, where] = query_base
+        slots.rank[heads, where] = live
+        if live != query_base:
+            self._shift = None
+        elif self._shift is not None:
+            self._shift[mx.array(heads), mx.array(where)] = 0
+
+    def refresh(self, slots: "SlotTable", end: int) -> None:
+        """After evictions every survivor's rank may drop: it is owed the difference."""
+        if not slots.allocated:
+            return
+        slots.rank[:, :end] = ranks(slots.positions[:, :end])
+        self._shift = None
+
+    def invalidate(self) -> None:
+        self._shift = None
+
+    def keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
+        """The keys of slots [0, end) rotated to their rank, plus `base` (where
+        the queries were rotated relative to the kept count)."""
+        if rope is None:
+            raise ValueError("positions: 'cache' needs the model's rope; build the heap with make_heap_cache(model, ...)")
+        if self._shift is None:
+            shift = np.where(slots.positions >= 0, slots.rank - slots.rot, 0)
+            self._nonzero = bool(shift.any())
+            self._shift = mx.array(shift.astype(np.int32))
+        if base == 0 and not self._nonzero:
+            return keys
+        return shift_keys(rope, keys, self._shift[:, :end] + base)
+
+    def nbytes(self, slots: "SlotTable") -> int:
+        return self.slot_bytes * slots.n_heads * slots.capacity
+
+
+def key_shifts(mode: str) -> AbsoluteShifts:
+    return CacheShifts() if mode == "cache" else AbsoluteShifts()

@@ -19,13 +19,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 
-from mlx_kv.attention import uninstall
 from mlx_kv.config import HeapConfig
-from mlx_kv.heap.factory import make_heap_cache
-from mlx_kv.information import prefill
+from mlx_kv.generate import decode, prefill
+from mlx_kv.heap.prompt_cache import make_heap_cache, set_attention_sampling
+from mlx_kv.hook import heap_hook
 
 PROFILE_NAME = "mlx_kv_profile.json"
 
@@ -36,22 +35,17 @@ def profile_model(model: Any, tokenizer: Any, *, prompts: int = 4, tokens: int =
 
     rng = random.Random(seed)
     per_layer: list[dict[str, list]] = [{"entropy": [], "top1": [], "top5": []} for _ in model.layers]
-    try:
+    with heap_hook(model):
         for i in range(prompts):
             sample = make_sample(TASKS[i % len(TASKS)], tokens, tokenizer, depth=rng.random(), seed=seed + i)
             ids = list(tokenizer.encode(format_prompt(tokenizer, sample), add_special_tokens=False))
             cache = make_heap_cache(model, HeapConfig(budget=len(ids) + steps + 8, policy="h2o"))
-            for layer in cache:
-                layer.diagnostics_every = 1
+            set_attention_sampling(cache, every=1)
             logits, _ = prefill(model, cache, ids)
-            for _ in range(steps):
-                token = int(mx.argmax(logits).item())
-                logits = model(mx.array([[token]]), cache=cache)[0, -1]
+            for _ in decode(model, cache, logits, max_tokens=steps):
                 for index, layer in enumerate(cache):
                     for key in per_layer[index]:
                         per_layer[index][key].append(np.array(layer.attention_stats[key]))
-    finally:
-        uninstall(model)
     layers = []
     for stats in per_layer:
         heads = {key: np.stack(values).mean(axis=0) for key, values in stats.items()}

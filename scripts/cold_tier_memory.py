@@ -31,9 +31,10 @@ def main() -> int:
     import numpy as np
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlx_kv import HeapConfig, make_heap_cache, uninstall
+    from mlx_kv import HeapConfig, heap_hook, make_heap_cache
     from mlx_kv.bench.shapes import bench_model
-    from mlx_kv.information import prefill
+    from mlx_kv.generate import prefill
+    from mlx_kv.heap.prompt_cache import total_bytes
 
     model, name = bench_model(args.model)
     model.set_dtype(getattr(mx, args.dtype))
@@ -43,15 +44,13 @@ def main() -> int:
     rows = []
     full = make_prompt_cache(model)
     prefill(model, full, tokens)
-    base = sum(c.nbytes for c in full)
+    base = total_bytes(full)
     rows.append({"cache": "KVCache", "kv_bytes": base})
     for bits in (None, 8, 4):
-        cache = make_heap_cache(model, HeapConfig(budget=budget, cold_bits=bits))
-        try:
+        with heap_hook(model):
+            cache = make_heap_cache(model, HeapConfig(budget=budget, cold_bits=bits))
             prefill(model, cache, tokens)
-        finally:
-            uninstall(model)
-        nbytes = sum(c.nbytes for c in cache)
+        nbytes = total_bytes(cache)
         rows.append({"cache": f"heap {args.keep:.0%}" + (f" + {bits}-bit cold tier" if bits else ""),
                      "kv_bytes": nbytes, "cold_tokens_per_layer": cache[0].cold_tokens,
                      "vs_kvcache": round(1 - nbytes / base, 4)})

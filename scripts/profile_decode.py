@@ -19,7 +19,8 @@ import numpy as np
 from mlx_lm.models.cache import KVCache
 
 from mlx_kv import HeapConfig, make_heap_cache
-from mlx_kv.information import prefill
+from mlx_kv.generate import prefill
+from mlx_kv.heap.prompt_cache import counters
 from mlx_kv.models import load_model
 
 
@@ -50,9 +51,9 @@ def main() -> None:
     profiler.enable()
     tps = decode_tps(model, cache, ids, args.steps)
     profiler.disable()
-    print(f"{name}: heap {args.policy} budget {args.budget}: {tps:.1f} tok/s "
-          f"({sum(c.collections for c in cache)} collections, "
-          f"{1000 * sum(c.rank_seconds for c in cache) / max(1, sum(c.collections for c in cache)):.3f} ms ranking each)")
+    totals = counters(cache)
+    print(f"{name}: heap {args.policy} budget {args.budget}: {tps:.1f} tok/s ({totals['collections']} collections, "
+          f"{1000 * totals['rank_seconds'] / max(1, totals['collections']):.3f} ms ranking each)")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
 
 

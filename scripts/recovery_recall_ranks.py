@@ -35,7 +35,7 @@ def page_scores(layer: HeapKVCache, q: np.ndarray, head: int):
     """Per spilled page of one head: Quest bound, exact best q.k, exact after re-rotation, positions."""
     store = layer.store
     rows, bound = store.upper_bounds(head, q)
-    kept = np.sort(layer.positions[head][layer.positions[head] >= 0])
+    kept = np.sort(layer.slots.positions[head][layer.slots.positions[head] >= 0])
     exact, positions, keys, shifts = [], [], [], []
     with open(store.path, "rb") as f:
         for row in rows:
@@ -47,7 +47,7 @@ def page_scores(layer: HeapKVCache, q: np.ndarray, head: int):
     rotated = shift_keys(layer.rope, mx.array(np.concatenate(keys)[None, None]),
                          mx.array(np.concatenate(shifts)[None].astype(np.int32)))
     moved = (q @ np.array(rotated)[0, 0].T).max(axis=0).reshape(len(rows), -1).max(axis=1)
-    kept_keys = np.array(layer._full_kv()[0][0, head].astype(mx.float32))
+    kept_keys = np.array(layer.slots.full("keys", layer.end)[0, head].astype(mx.float32))
     return np.asarray(bound), np.asarray(exact), moved, positions, float((q @ kept_keys.T).max())
 
 
@@ -68,7 +68,7 @@ def main() -> None:
         if watched["needle"] is not None and self is watched["layer"] and watched["calls"] <= args.steps:
             watched["calls"] += 1
             if self.store is not None and self.store.page_count:
-                H = self.keys.shape[1]
+                H = self.slots.n_heads
                 rows = min(8, queries.shape[2])
                 q = np.array(queries[0, :, -rows:, :].astype(mx.float32)).reshape(H, -1, queries.shape[-1])
                 records.append((watched["needle"], queries.shape[2], [page_scores(self, q[h], h) for h in range(H)]))

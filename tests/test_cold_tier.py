@@ -58,9 +58,9 @@ def test_cold_heap_keeps_the_invariants_and_holds_fewer_bytes(bits, positions):
     cold, _ = _run(model, HeapConfig(**settings, cold_bits=bits), tokens, decode=40)
     for layer in cold:
         assert layer.live <= budget
-        assert 0 < layer._hot0 <= layer.live
+        assert 0 < layer.cold_tokens <= layer.live
         tiers = layer.tier_counts()
-        assert layer._hot0 <= tiers["intermediate"]  # only intermediate tokens turn cold
+        assert layer.cold_tokens <= tiers["intermediate"]  # only intermediate tokens turn cold
         for kept in layer.kept_positions():
             assert len(kept) == layer.live and np.all(np.diff(kept) > 0)
             assert np.isin(np.arange(4), kept).all()
@@ -88,10 +88,10 @@ def test_a_cold_token_is_quantized_once_and_then_moved_exactly():
 
     def record(cache):
         layer = cache[0]
-        if not layer._hot0:
+        if not layer.cold_tokens:
             return
-        keys, _ = layer.cold.dequantized()
-        pos = layer.positions[0, : layer._hot0]
+        keys = layer.slots.cold.dequantized("keys")
+        pos = layer.slots.positions[0, : layer.cold_tokens]
         for slot, p in enumerate(pos):
             row = np.array(keys[0, 0, slot])
             if p in seen and not np.array_equal(seen[p], row):
@@ -131,11 +131,11 @@ def test_every_stored_row_is_its_token_key_exact_when_hot_and_quantized_once_whe
             keys = np.array(keys[0])
             for h in range(keys.shape[0]):
                 for slot in range(layer.end):
-                    p = layer.positions[h, slot]
+                    p = layer.slots.positions[h, slot]
                     if p < 0:
                         continue
                     row = keys[h, slot]
-                    if slot < layer._hot0:
+                    if slot < layer.cold_tokens:
                         if not np.allclose(row, ref_cold[h, p], atol=1e-5):
                             # cold, tenured, demoted: quantized a second time (MLX's quantize is not idempotent)
                             np.testing.assert_allclose(row, ref_twice[h, p], atol=1e-5, err_msg=f"cold: head {h} pos {p}")
@@ -155,7 +155,7 @@ def test_every_stored_row_is_its_token_key_exact_when_hot_and_quantized_once_whe
 def test_a_cold_heap_saves_and_restores(tmp_path):
     from mlx_lm.models.cache import save_prompt_cache
 
-    from mlx_kv.heap.factory import load_heap_cache
+    from mlx_kv.heap.prompt_cache import load_heap_cache
 
     model = _model()
     tokens = np.random.default_rng(4).integers(0, 101, size=300)
@@ -170,7 +170,7 @@ def test_a_cold_heap_saves_and_restores(tmp_path):
     out = model(mx.array([[5]]), cache=restored)
     uninstall(model)
     assert np.isfinite(np.array(out)).all()
-    assert all(c._hot0 > 0 for c in restored)  # the next collection turned tokens cold again
+    assert all(c.cold_tokens > 0 for c in restored)  # the next collection turned tokens cold again
 
 
 def test_cold_bits_must_be_4_or_8():

@@ -5,7 +5,7 @@ import numpy as np
 
 from mlx_kv.diagnostics import entropy, kl_divergence, pillar_positions, top_share
 from mlx_kv.engine import Session
-from mlx_kv.heap.layer import attention_summary
+from mlx_kv.attention import attention_summary
 
 DOC = " ".join(f"w{i % 90}" for i in range(700))
 

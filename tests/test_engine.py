@@ -86,7 +86,7 @@ def test_bad_settings_are_user_errors(tiny_model_dir, session):
         session.set_policy("lru")
     session.ingest(DOC)
     session.set_budget(48)
-    assert all(layer.live <= 48 and layer.keys.shape[2] <= 48 for layer in session.cache)
+    assert all(layer.live <= 48 and layer.slots.keys.shape[2] <= 48 for layer in session.cache)
     session.set_policy("tova")
     assert list(session.chat("w3", max_tokens=3))
 

@@ -31,7 +31,7 @@ def test_pressure_shrinks_the_budget_and_calm_restores_it(tiny_model_dir):
     assert min(budgets) == 50  # floor: 1/8 of the user's budget
     assert budgets[-1] == 400 and guard.events[-1].action == "relax"
     assert "memory pressure warn" in trace[1][3] and "swapping out" in trace[2][3]
-    assert session.cache[0].keys.shape[2] <= 50 or budgets[-1] == 400
+    assert session.cache[0].slots.keys.shape[2] <= 50 or budgets[-1] == 400
 
 
 def test_the_session_owns_its_guard_and_a_new_budget_resets_it(tiny_model_dir):

@@ -12,7 +12,7 @@ from mlx_kv.budget import kv_geometry
 def check_invariants(cache, budget, sinks, window):
     for layer in cache:
         assert layer.live <= budget
-        assert layer.keys.shape[2] <= budget
+        assert layer.slots.keys.shape[2] <= budget
         for kept in layer.kept_positions():
             assert len(kept) == layer.live
             assert np.all(np.diff(kept) > 0), "positions strictly increasing"

@@ -5,7 +5,9 @@ import numpy as np
 
 from conftest import build_model
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
-from mlx_kv.information import prefill, token_information
+from mlx_kv.generate import prefill
+from mlx_kv.information import token_information
+from mlx_kv.policies import SlotView
 from mlx_kv.policies.surprise import Surprise, percentiles
 
 
@@ -27,7 +29,7 @@ def test_alpha_one_keeps_the_most_surprising_tokens():
     positions = np.array([[0, 1, 2, 3, 4]])
     info = np.stack([np.array([[0.1, 9.0, 0.2, 5.0, np.nan]]), np.zeros((1, 5))])
     attention = np.array([[0.5, 0.4, 0.3, 0.2, 0.1]])  # token 4 (no signal yet) is also the least attended
-    scores = policy.scores(attention, np.ones((1, 5)), positions, 5, info=info)
+    scores = policy.score(SlotView({"acc": attention, "seen": np.ones((1, 5)), "positions": positions, "info": info}, 5))
     assert list(np.argsort(-scores[0])[:2]) == [1, 3]
     assert percentiles(np.array([[3.0, 1.0, 2.0]]), np.ones((1, 3), bool)).tolist() == [[1.0, 0.0, 0.5]]
 
@@ -43,8 +45,8 @@ def test_surprise_heap_gets_signals_and_stays_within_budget():
         uninstall(model)
     assert max(seen_sizes) <= 64  # collected once the chunk's surprisal arrived
     layer = cache[0]
-    alive = layer.positions[:, : layer.end] >= 0
-    assert np.isfinite(layer.info[0, :, : layer.end][alive]).mean() > 0.9
+    alive = layer.slots.positions[:, : layer.end] >= 0
+    assert np.isfinite(layer.slots.info[0, :, : layer.end][alive]).mean() > 0.9
     # Old kept tokens are the surprising ones: their surprisal beats the evicted average.
-    kept_old = alive & (layer.positions[:, : layer.end] >= 4) & (layer.positions[:, : layer.end] < 700 - 8)
-    assert np.nanmean(layer.info[0, :, : layer.end][kept_old]) > np.log(101) - 0.5
+    kept_old = alive & (layer.slots.positions[:, : layer.end] >= 4) & (layer.slots.positions[:, : layer.end] < 700 - 8)
+    assert np.nanmean(layer.slots.info[0, :, : layer.end][kept_old]) > np.log(101) - 0.5

@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterable
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from mlx_kv.attention import uninstall
 from mlx_kv.bench.variants import policy_config
 from mlx_kv.chat_format import ChatFormat
-from mlx_kv.heap.factory import make_heap_cache
-from mlx_kv.information import prefill
+from mlx_kv.generate import decode, prefill
+from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
+from mlx_kv.hook import heap_hook
 from mlx_kv.tasks import answer_text, make_sample
 
 CHUNK = 512
@@ -143,14 +143,10 @@ class Runner:
         """The greedy reply, up to `limit` tokens, EOS, or until `enough(text)`
         (once every expected item is there, more tokens cannot change the score)."""
         out: list[int] = []
-        for _ in range(limit):
-            token = int(mx.argmax(logits).item())
-            if token in self.eos:
-                break
+        for token, _ in decode(self.model, cache, logits, max_tokens=limit, stop_tokens=self.eos):
             out.append(token)
             if enough is not None and enough(self.tokenizer.decode(out)):
                 break
-            logits = self.model(mx.array([[token]]), cache=cache)[0, -1]
         return self.tokenizer.decode(out)
 
     def trial(self, sample, policy: str, prune_ratio: float, setting: str, prompt: Prompt | None = None) -> Trial:
@@ -166,7 +162,7 @@ class Runner:
             logits = self.prefill(cache, p.doc, chunk=CHUNK if setting == "stream" else len(p.doc))
             _widen(cache, len(p.question))  # only the document is compressed
             logits = self.prefill(cache, p.question, previous=logits, chunk=len(p.question))
-        kv_bytes = sum(c.nbytes for c in cache)
+        kv_bytes = total_bytes(cache)
         _widen(cache, p.answer_limit)
         prediction = self.answer(cache, logits, p.answer_limit, enough=lambda text: sample.score(text) == 1.0)
         return Trial(float(sample.score(prediction)), kv_bytes, prediction)
@@ -196,7 +192,7 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
     policies, ratios, settings = list(policies), list(ratios), list(settings)
     name = haystack.name if haystack is not None else "filler"
     cells = []
-    try:
+    with heap_hook(model):
         for task in tasks:
             samples = make_samples(tokenizer, task, context, trials, seed, depths, haystack)
             prompts = [runner.prompt(s) for s in samples]
@@ -221,8 +217,6 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
                                     kv_bytes / max(1, trials), name)
                         cells.append(cell)
                         emit(cell)
-    finally:
-        uninstall(model)
     return cells
 
 
@@ -256,15 +250,13 @@ def grid(model: Any, tokenizer: Any, *, policy: str, ratio: float, setting: str,
     """Single-needle accuracy over a length x depth grid."""
     runner = Runner(model, tokenizer, window=window)
     rows = []
-    try:
+    with heap_hook(model):
         for length in lengths:
             for depth in depths:
                 samples = make_samples(tokenizer, "single_needle", length, trials, seed, [depth], haystack)
                 acc = sum(runner.trial(s, policy, ratio, setting).score for s in samples) / trials
                 rows.append({"policy": policy, "prune_ratio": ratio, "setting": setting,
                              "context_tokens": length, "depth": depth, "trials": trials, "accuracy": acc})
-    finally:
-        uninstall(model)
     return rows
 
 

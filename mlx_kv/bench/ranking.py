@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlx_kv.attention import uninstall
 from mlx_kv.config import HeapConfig
-from mlx_kv.heap.factory import make_heap_cache
-from mlx_kv.information import prefill
+from mlx_kv.generate import decode as decode_steps
+from mlx_kv.generate import prefill
+from mlx_kv.heap.prompt_cache import counters, make_heap_cache
+from mlx_kv.hook import heap_hook
 
 
 def bench_ranking(model: Any, *, tokens: int, budget: int, window: int, fractions: list[float],
@@ -29,26 +30,20 @@ def bench_ranking(model: Any, *, tokens: int, budget: int, window: int, fraction
     rows = []
     for fraction in fractions:
         config = HeapConfig(budget=budget, window=window, policy=policy, tenured=int(room * fraction))
-        cache = make_heap_cache(model, config)
-        start = time.perf_counter()
-        try:
+        with heap_hook(model):
+            cache = make_heap_cache(model, config)
+            start = time.perf_counter()
             logits, _ = prefill(model, cache, ids)
-            import mlx.core as mx
-
-            token = int(mx.argmax(logits).item())
-            for _ in range(decode):
-                logits = model(mx.array([[token]]), cache=cache)[0, -1]
-                token = int(mx.argmax(logits).item())
-        finally:
-            uninstall(model)
+            for _ in decode_steps(model, cache, logits, max_tokens=decode):
+                pass
         elapsed = time.perf_counter() - start
-        collections = sum(c.collections for c in cache)
-        ranked = sum(c.ranked for c in cache)
+        totals = counters(cache)
+        per = max(totals["collections"], 1)
         row = {"tenured_fraction": fraction, "tenured_tokens": int(room * fraction), "budget": budget,
-               "tokens": tokens + decode, "collections": collections,
-               "ranked_per_collection": round(ranked / max(collections, 1), 1),
-               "rank_ms_per_collection": round(1000 * sum(c.rank_seconds for c in cache) / max(collections, 1), 3),
-               "collect_ms_per_collection": round(1000 * sum(c.collect_seconds for c in cache) / max(collections, 1), 3),
+               "tokens": tokens + decode, "collections": totals["collections"],
+               "ranked_per_collection": round(totals["ranked"] / per, 1),
+               "rank_ms_per_collection": round(1000 * totals["rank_seconds"] / per, 3),
+               "collect_ms_per_collection": round(1000 * totals["collect_seconds"] / per, 3),
                "wall_s": round(elapsed, 2)}
         rows.append(row)
         emit(row)

@@ -16,9 +16,9 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
-from mlx_kv.attention import uninstall
 from mlx_kv.bench.variants import policy_config
-from mlx_kv.heap.factory import make_heap_cache
+from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
+from mlx_kv.hook import heap_hook
 
 PREFILL_CHUNK = 512
 
@@ -111,7 +111,7 @@ def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) ->
     return {
         "prefill_tps": len(prompt) / prefill_s,
         "decode_tps": decode_tokens / decode_s,
-        "kv_bytes": float(sum(c.nbytes for c in cache)),
+        "kv_bytes": float(total_bytes(cache)),
         "peak_mem_mb": mx.get_peak_memory() / 2**20,
     }
 
@@ -131,14 +131,14 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
         setups = baseline_setups(model, context, baselines, ratios, sinks)
         setups += heap_setups(model, context, policies, ratios, list(thresholds), decode_tokens, window, profile)
         runs: dict[str, list[dict]] = {s.name: [] for s in setups}
-        run_once(model, setups[0].make(), prompt[: min(len(prompt), 1024)], 8)  # warm-up, not recorded
-        for _ in range(repeats):
-            for setup in setups:
-                cache = setup.make()
-                runs[setup.name].append(run_once(model, cache, prompt, decode_tokens))
-                del cache
-                mx.clear_cache()
-        uninstall(model)
+        with heap_hook(model):
+            run_once(model, setups[0].make(), prompt[: min(len(prompt), 1024)], 8)  # warm-up, not recorded
+            for _ in range(repeats):
+                for setup in setups:
+                    cache = setup.make()
+                    runs[setup.name].append(run_once(model, cache, prompt, decode_tokens))
+                    del cache
+                    mx.clear_cache()
         base = {k: statistics.median(r[k] for r in runs["kvcache"]) for k in ("decode_tps", "prefill_tps")} \
             if "kvcache" in runs else None
         for setup in setups:

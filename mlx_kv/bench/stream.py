@@ -18,12 +18,11 @@ from typing import Any, Callable
 import mlx.core as mx
 import psutil
 
-from mlx_kv.attention import uninstall
 from mlx_kv.bench.niah import Runner
 from mlx_kv.config import HeapConfig
-from mlx_kv.heap.factory import make_heap_cache
-from mlx_kv.heap.layer import HeapKVCache
-from mlx_kv.information import prefill
+from mlx_kv.generate import prefill
+from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, recovery_stats, total_bytes
+from mlx_kv.hook import heap_hook
 from mlx_kv.tasks import KEYS, VALUES, filler_text, needle_sentence
 
 CHUNK = 512
@@ -39,15 +38,6 @@ def template_parts(tokenizer: Any, question: str) -> tuple[str, str]:
     return before, after
 
 
-def clone_heap(cache: list) -> list:
-    """An independent copy of a heap (state arrays are fresh slices)."""
-    clones = [HeapKVCache.from_state(c.state) for c in cache]
-    for clone, original in zip(clones, cache):
-        clone.rope = original.rope
-        clone.store = original.store.fork() if original.store is not None else None
-    return clones
-
-
 def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed: int = 0,
            emit: Callable[[dict], None] = lambda r: None) -> dict:
     rng = random.Random(seed)
@@ -56,15 +46,15 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         needles = [(d, rng.choice(KEYS), rng.choice(VALUES)) for d in DEPTHS]
     before, _ = template_parts(tokenizer, "?")
     encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
-    cache = make_heap_cache(model, config)
     process = psutil.Process(os.getpid())
     records: list[dict] = []
     pending = encode(before)
     fed, next_needle, next_record, last = 0, 0, 0.1, None
     needle_at: list[int] = []
-    start = decile_start = time.perf_counter()
-    decile_tokens = 0
-    try:
+    with heap_hook(model):
+        cache = make_heap_cache(model, config)
+        start = decile_start = time.perf_counter()
+        decile_tokens = 0
         while fed < tokens:
             if next_needle < len(needles) and fed >= needles[next_needle][0] * tokens:
                 _, key, value = needles[next_needle]
@@ -83,7 +73,7 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                 mx.clear_cache()
                 record = {"progress": round(fed / tokens, 3), "tokens": fed,
                           "tokens_per_s": round(decile_tokens / max(now - decile_start, 1e-9), 1),
-                          "heap_bytes": sum(c.nbytes for c in cache),
+                          "heap_bytes": total_bytes(cache),
                           "rss_mb": round(process.memory_info().rss / 2**20, 1),
                           "mlx_active_mb": round(mx.get_active_memory() / 2**20, 1),
                           "elapsed_s": round(now - start, 1)}
@@ -99,8 +89,6 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
             answer = runner.answer(probe, runner.prefill(probe, encode(tail), previous=last), 12)
             found.append({"depth": depth, "position": position, "key": key, "value": value, "answer": answer.strip(),
                           "found": value in answer.split()})
-    finally:
-        uninstall(model)
     first, last = records[0], records[-1]
     tps = [r["tokens_per_s"] for r in records]
     summary = {
@@ -112,10 +100,8 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         "needles_found": sum(f["found"] for f in found), "needles_total": len(found),
         "needles": found, "heap_bytes": last["heap_bytes"], "elapsed_s": last["elapsed_s"],
     }
-    if cache[0].store is not None:
-        stores = [c.store.stats() for c in cache]
-        summary["recovery_disk_bytes"] = sum(s["disk_bytes"] for s in stores)
-        summary["recovery_spilled"] = sum(s["spilled"] for s in stores)
-        summary["recovery_dropped"] = sum(s["dropped"] for s in stores)
-        summary["recovery_table_bytes"] = sum(s["table_bytes"] for s in stores)
+    stores = recovery_stats(cache)
+    if stores is not None:
+        for key in ("disk_bytes", "spilled", "dropped", "table_bytes"):
+            summary[f"recovery_{key}"] = stores[key]
     return summary

@@ -35,32 +35,32 @@ def group_size_for(head_dim: int) -> int:
 
 
 class ColdTier:
-    """Quantized keys and values of slots [0, n) of one layer's heap."""
+    """Quantized rows of slots [0, n) of one layer's heap, per field (keys, values)."""
 
     def __init__(self, bits: int) -> None:
         if bits not in (4, 8):
             raise ValueError(f"cold_bits: must be 4 or 8, got {bits!r}")
         self.bits = bits
-        self.keys: QuantizedRows | None = None
-        self.values: QuantizedRows | None = None
+        self.rows: dict[str, QuantizedRows] = {}
         self.dtype = mx.float32
 
     @property
     def size(self) -> int:
-        return 0 if self.keys is None else self.keys[0].shape[2]
+        return next((rows[0].shape[2] for rows in self.rows.values()), 0)
 
     @property
     def nbytes(self) -> int:
-        if self.keys is None:
-            return 0
-        return sum(a.nbytes for a in (*self.keys, *self.values))
+        return sum(a.nbytes for a in self.arrays())
+
+    def arrays(self) -> list[mx.array]:
+        return [a for rows in self.rows.values() for a in rows]
 
     def quantize(self, rows: mx.array) -> QuantizedRows:
         return mx.quantize(rows, group_size=group_size_for(rows.shape[-1]), bits=self.bits)
 
-    def dequantized(self) -> tuple[mx.array, mx.array]:
-        """Keys and values of the cold slots at the model's dtype (temporaries for attention)."""
-        return self._dequantize(self.keys), self._dequantize(self.values)
+    def dequantized(self, name: str) -> mx.array:
+        """Field `name` of the cold slots at the model's dtype (a temporary for attention)."""
+        return self._dequantize(self.rows[name])
 
     def _dequantize(self, rows: QuantizedRows) -> mx.array:
         w, scales, biases = rows
@@ -68,16 +68,16 @@ class ColdTier:
         group = group_size_for(head_dim)
         return mx.dequantize(w, scales, biases, group_size=group, bits=self.bits).astype(self.dtype)
 
-    def rebuild(self, slots: np.ndarray, hot0: int, hot_keys: mx.array, hot_values: mx.array) -> None:
+    def rebuild(self, slots: np.ndarray, hot0: int, hot: dict[str, mx.array]) -> None:
         """Make the tier hold, in order, the tokens at `slots` (H, n) of the old
         slot space, where slots below `hot0` were this tier's and slot s >= hot0
-        is row s - hot0 of `hot_keys`/`hot_values`. Rows already cold are
+        is row s - hot0 of each field's hot rows in `hot`. Rows already cold are
         gathered as they are; only the others are quantized (a rectangle of
         the most any head needs, padded with row 0)."""
-        self.dtype = hot_keys.dtype
+        self.dtype = next(iter(hot.values())).dtype
         H, n = slots.shape
         if n == 0:
-            self.keys = self.values = None
+            self.rows = {}
             return
         fresh = slots >= hot0
         rank = np.cumsum(fresh, axis=1) - 1
@@ -85,20 +85,18 @@ class ColdTier:
         heads, cols = np.nonzero(fresh)
         old_size = self.size
         # where each output row comes from in [old tier rows | fresh quantized rows]
-        source = np.where(fresh, old_size + rank, slots).astype(np.int32)
-        parts_k, parts_v = [], []
-        if old_size:
-            parts_k.append(self.keys)
-            parts_v.append(self.values)
+        idx = mx.array(np.where(fresh, old_size + rank, slots).astype(np.int32))[None, :, :, None]
         if m:
             fresh_rows = np.zeros((H, m), np.int32)
             fresh_rows[heads, rank[heads, cols]] = slots[heads, cols] - hot0
-            idx = mx.array(fresh_rows)[None, :, :, None]
-            parts_k.append(self.quantize(mx.take_along_axis(hot_keys, idx, axis=2)))
-            parts_v.append(self.quantize(mx.take_along_axis(hot_values, idx, axis=2)))
-        idx = mx.array(source)[None, :, :, None]
-        self.keys = _gather_rows(parts_k, idx)
-        self.values = _gather_rows(parts_v, idx)
+            fresh_idx = mx.array(fresh_rows)[None, :, :, None]
+        rows = {}
+        for name, hot_rows in hot.items():
+            parts = [self.rows[name]] if old_size else []
+            if m:
+                parts.append(self.quantize(mx.take_along_axis(hot_rows, fresh_idx, axis=2)))
+            rows[name] = _gather_rows(parts, idx)
+        self.rows = rows
 
 
 def _gather_rows(parts: list[QuantizedRows], idx: mx.array) -> QuantizedRows:

@@ -28,6 +28,18 @@ def protected_mask(positions: np.ndarray, offset: int, sinks: int, window: int) 
     return alive & ((positions < sinks) | (positions >= offset - window))
 
 
+def tier_counts(positions: np.ndarray, tenured: np.ndarray, *, offset: int, sinks: int,
+                window: int) -> dict[str, int]:
+    """Live tokens per tier, summed over the heads given."""
+    alive = positions >= 0
+    in_sinks = alive & (positions < sinks)
+    young = alive & ~in_sinks & (positions >= offset - window)
+    old = alive & ~protected_mask(positions, offset, sinks, window)
+    held = old & tenured
+    return {"sinks": int(in_sinks.sum()), "young": int(young.sum()),
+            "intermediate": int((old & ~held).sum()), "tenured": int(held.sum())}
+
+
 def collect(
     positions: np.ndarray,
     tenured: np.ndarray,
@@ -95,3 +107,33 @@ def _retenure(positions, tenured, survived, scores, offset, sinks, window,
     promoted = int((tenured & ~before).sum())
     demoted = int((before & ~tenured).sum())
     return promoted, demoted
+
+
+def compaction_order(positions: np.ndarray, tenured: np.ndarray, *, live: int, cold: bool, offset: int,
+                     sinks: int, window: int) -> tuple[np.ndarray, int]:
+    """Where each head's live slots go when the layer is compacted: (H, live)
+    old slot indices in position order and how many of each head's lead the
+    cold tier takes (with a cold tier: the oldest intermediate tokens, the
+    same count in every head, first)."""
+    alive = positions >= 0
+    last = np.iinfo(np.int64).max
+    n_cold = 0
+    sort_key = np.where(alive, positions, last)
+    if cold:
+        eligible = alive & ~protected_mask(positions, offset, sinks, window) & ~tenured
+        n_cold = int(eligible.sum(axis=1).min()) if len(positions) else 0
+        if n_cold:  # each head's oldest eligible tokens
+            oldest = np.sort(np.where(eligible, positions, last), axis=1)[:, n_cold - 1: n_cold]
+            eligible &= positions <= oldest
+        sort_key = np.where(eligible, sort_key - last // 2, sort_key)
+    return np.argsort(sort_key, axis=1, kind="stable")[:, :live], n_cold
+
+
+def noisy(scores: np.ndarray, positions: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Scores scaled to [0, 1] per head, plus Gaussian noise of `sigma`, so
+    rank_noise means the same for every policy (and says less about what
+    was attended)."""
+    alive = positions >= 0
+    lo = np.where(alive, scores, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(alive, scores, -np.inf).max(axis=1, keepdims=True)
+    return (scores - lo) / np.maximum(hi - lo, 1e-12) + rng.normal(0.0, sigma, scores.shape)

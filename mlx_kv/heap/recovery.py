@@ -102,6 +102,12 @@ class RecoveryStore:
         self.recalled = 0
         self.dropped = 0
 
+    @classmethod
+    def from_settings(cls, settings: dict, n_heads: int, head_dim: int, value_dim: int) -> "RecoveryStore":
+        """A store for one layer from a heap's `recovery` settings (HeapConfig.recovery_settings)."""
+        return cls(n_heads, head_dim, value_dim, page_size=settings["page_size"], max_bytes=settings["max_bytes"],
+                   folder=settings.get("folder"))
+
     @property
     def page_bytes(self) -> int:
         # int8 K and V, an fp32 scale each, and the int64 position and rotation of every token

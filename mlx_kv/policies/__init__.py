@@ -1,6 +1,6 @@
 """Scoring policies, one per module, looked up by name."""
 
-from mlx_kv.policies.base import Policy
+from mlx_kv.policies.base import Policy, SlotView
 from mlx_kv.policies.h2o import H2O
 from mlx_kv.policies.random import Random
 from mlx_kv.policies.snapkv import SnapKV
@@ -12,4 +12,4 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (H2O, TOVA, SnapKV, Streaming, Random, Surprise)
 }
 
-__all__ = ["POLICIES", "Policy", "H2O", "TOVA", "SnapKV", "Streaming", "Random", "Surprise"]
+__all__ = ["POLICIES", "Policy", "SlotView", "H2O", "TOVA", "SnapKV", "Streaming", "Random", "Surprise"]

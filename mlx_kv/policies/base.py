@@ -2,17 +2,42 @@
 
 A policy does two things: it folds the attention a layer just computed into
 per-slot accumulators (on the device, lazily), and, at a collection, turns
-those accumulators into a score per kept token (on the host). Higher scores
-are kept. Everything else (tiers, budgets, masks, compaction) is the heap's.
+what it reads of the layer (a SlotView) into a score per kept token (on the
+host). Higher scores are kept. Everything else (tiers, budgets, masks,
+compaction) is the heap's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import mlx.core as mx
 import numpy as np
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """A layer as a policy sees it at a collection, slots [0, end) on the host.
+
+    Every per-slot field of the heap's slot table (mlx_kv.heap.slots) that a
+    policy may read is an attribute by its declared name: the accumulators
+    `acc` and `seen` (host copies; zeros for a policy that observes nothing),
+    `positions` (-1 on dead slots), `info` (surprisal and entropy, nan where
+    unknown), `tenured`, `survived`; a field declared there later appears
+    here without a change. `tokens_seen` is how many tokens the layer saw.
+    """
+
+    slots: Mapping[str, np.ndarray]
+    tokens_seen: int
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name.startswith("_") or name == "slots":
+            raise AttributeError(name)
+        try:
+            return self.slots[name]
+        except KeyError:
+            raise AttributeError(f"SlotView has no slot field {name!r}") from None
 
 
 @dataclass
@@ -22,22 +47,28 @@ class Policy:
     # "all" every query of a call, "window" the last `observation_window`
     # queries, "last" only the last query, "none" no attention at all.
     observes: ClassVar[str] = "all"
-    # Whether scores() wants per-token information signals (surprisal, entropy).
+    # Whether score() reads the information signals (surprisal, entropy):
+    # the driver then computes them, and the heap waits for a chunk's.
     uses_info: ClassVar[bool] = False
 
     @property
     def observation_window(self) -> int:
         return 1
 
-    def accumulate(
-        self, acc: mx.array, seen: mx.array, weights: mx.array, count: mx.array
-    ) -> tuple[mx.array, mx.array]:
-        """Fold one call's attention (summed per slot) into the accumulators."""
-        return acc + weights, seen + count
+    def score_rows(self, n_queries: int) -> tuple[int, int]:
+        """The half-open range of a call's query rows whose attention is folded."""
+        if self.observes == "last":
+            return n_queries - 1, n_queries
+        if self.observes == "window":
+            return max(0, n_queries - self.observation_window), n_queries
+        return 0, n_queries
 
-    def scores(
-        self, acc: np.ndarray, seen: np.ndarray, positions: np.ndarray, offset: int
-    ) -> np.ndarray:
+    def accumulate(self, folded: dict[str, mx.array], weights: mx.array, count: mx.array) -> dict[str, mx.array]:
+        """Fold one call's attention (weights summed per slot, and how many
+        queries could see each slot) into the accumulators, by field name."""
+        return {"acc": folded["acc"] + weights, "seen": folded["seen"] + count}
+
+    def score(self, view: SlotView) -> np.ndarray:
         """Scores per (kv_head, slot); dead slots (position -1) are ignored."""
         raise NotImplementedError
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mlx_kv.policies.base import Policy, mean_attention
+from mlx_kv.policies.base import Policy, SlotView, mean_attention
 
 
 @dataclass
@@ -16,5 +16,5 @@ class H2O(Policy):
     name: ClassVar[str] = "h2o"
     observes: ClassVar[str] = "all"
 
-    def scores(self, acc, seen, positions, offset) -> np.ndarray:
-        return mean_attention(acc, seen)
+    def score(self, view: SlotView) -> np.ndarray:
+        return mean_attention(view.acc, view.seen)

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mlx_kv.policies.base import Policy
+from mlx_kv.policies.base import Policy, SlotView
 
 
 @dataclass
@@ -19,8 +19,8 @@ class Random(Policy):
     observes: ClassVar[str] = "none"
     seed: int = 0
 
-    def scores(self, acc, seen, positions, offset) -> np.ndarray:
-        return hashed_uniform(positions, self.seed)
+    def score(self, view: SlotView) -> np.ndarray:
+        return hashed_uniform(view.positions, self.seed)
 
 
 def hashed_uniform(positions: np.ndarray, seed: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mlx_kv.policies.base import Policy, mean_attention
+from mlx_kv.policies.base import Policy, SlotView, mean_attention
 
 
 @dataclass
@@ -29,9 +29,8 @@ class SnapKV(Policy):
     def observation_window(self) -> int:
         return self.window
 
-    def scores(self, acc, seen, positions, offset) -> np.ndarray:
-        votes = mean_attention(acc, seen)
-        return max_pool_by_position(votes, positions, self.kernel)
+    def score(self, view: SlotView) -> np.ndarray:
+        return max_pool_by_position(mean_attention(view.acc, view.seen), view.positions, self.kernel)
 
 
 def max_pool_by_position(values: np.ndarray, positions: np.ndarray, kernel: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mlx_kv.policies.base import Policy
+from mlx_kv.policies.base import Policy, SlotView
 
 
 @dataclass
@@ -16,5 +16,5 @@ class Streaming(Policy):
     name: ClassVar[str] = "streaming"
     observes: ClassVar[str] = "none"
 
-    def scores(self, acc, seen, positions, offset) -> np.ndarray:
-        return positions.astype(np.float64)
+    def score(self, view: SlotView) -> np.ndarray:
+        return view.positions.astype(np.float64)

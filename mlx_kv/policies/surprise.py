@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mlx_kv.policies.base import Policy, mean_attention
+from mlx_kv.policies.base import Policy, SlotView, mean_attention
 
 SIGNALS = ("surprisal", "entropy")
 
@@ -34,12 +34,11 @@ class Surprise(Policy):
         if self.signal not in SIGNALS:
             raise ValueError(f"policy_args.signal: must be one of {SIGNALS}, got {self.signal!r}")
 
-    def scores(self, acc, seen, positions, offset, info=None) -> np.ndarray:
-        attention = percentiles(mean_attention(acc, seen), positions >= 0)
-        if info is None:
-            return attention
-        signal = info[0] if self.signal == "surprisal" else info[1]
-        known = (positions >= 0) & np.isfinite(signal)
+    def score(self, view: SlotView) -> np.ndarray:
+        alive = view.positions >= 0
+        attention = percentiles(mean_attention(view.acc, view.seen), alive)
+        signal = view.info[0] if self.signal == "surprisal" else view.info[1]
+        known = alive & np.isfinite(signal)
         informed = percentiles(np.where(known, signal, -np.inf), known)
         blended = self.alpha * informed + (1.0 - self.alpha) * attention
         return np.where(known, blended, attention)

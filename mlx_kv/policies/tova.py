@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import mlx.core as mx
 import numpy as np
 
-from mlx_kv.policies.base import Policy
+from mlx_kv.policies.base import Policy, SlotView
 
 
 @dataclass
@@ -15,8 +16,8 @@ class TOVA(Policy):
     name: ClassVar[str] = "tova"
     observes: ClassVar[str] = "last"
 
-    def accumulate(self, acc, seen, weights, count):
-        return weights, count
+    def accumulate(self, folded: dict[str, mx.array], weights: mx.array, count: mx.array) -> dict[str, mx.array]:
+        return {"acc": weights, "seen": count}
 
-    def scores(self, acc, seen, positions, offset) -> np.ndarray:
-        return acc
+    def score(self, view: SlotView) -> np.ndarray:
+        return view.acc

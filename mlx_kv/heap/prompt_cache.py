@@ -1,0 +1,159 @@
+"""A model's heap: the list of per-layer HeapKVCaches mlx-lm takes as `prompt_cache=`.
+
+What is done to the whole list (building, loading, cloning, budgets, policy,
+feeding information signals, counting) is a plain function over it here, as
+mlx-lm's cache.py keeps its list functions, so no caller loops over layers.
+Functions that only read tolerate mlx-lm's own caches in the list (a full
+KVCache reference, say) wherever there is a sensible answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import mlx_lm.models.cache as mlx_cache
+import numpy as np
+
+from mlx_kv.budget import kv_geometry, tokens_per_layer
+from mlx_kv.config import HeapConfig
+from mlx_kv.heap.cold import group_size_for
+from mlx_kv.heap.layer import COUNTERS, HeapKVCache
+from mlx_kv.hook import install
+from mlx_kv.policies import Policy
+
+
+def register_cache_class() -> None:
+    """mlx-lm's load_prompt_cache finds cache classes by name in its own module."""
+    if getattr(mlx_cache, HeapKVCache.__name__, None) is not HeapKVCache:
+        setattr(mlx_cache, HeapKVCache.__name__, HeapKVCache)
+
+
+def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: int | None = None) -> list[HeapKVCache]:
+    """One heap cache per layer, usable as `prompt_cache=` in mlx-lm's generators."""
+    config = config or HeapConfig()
+    config.validate()
+    install(model)
+    register_cache_class()
+    budgets = tokens_per_layer(config, model, available)
+    if config.cold_bits:
+        group_size_for(kv_geometry(model).head_dim)  # fails early, with the reason, if MLX cannot quantize it
+    recovery = config.recovery_settings()
+    if recovery:  # the allowance is for the whole model: each layer's store gets its share
+        recovery["max_bytes"] = max(1, recovery["max_bytes"] // len(budgets))
+    return [
+        HeapKVCache(
+            budget,
+            sinks=config.sinks,
+            window=config.window,
+            tenured=config.tenured,
+            promote_after=config.promote_after,
+            major_every=config.major_every,
+            collect_batch=config.collect_batch,
+            policy=config.make_policy(),
+            compact_threshold=config.compact_threshold,
+            rank_noise=config.rank_noise,
+            score_block=config.score_block,
+            seed=config.seed + layer,
+            positions=config.positions,
+            rope=_layer_rope(model, layer) if config.positions == "cache" else None,
+            recovery=recovery,
+            cold_bits=config.cold_bits,
+        )
+        for layer, budget in enumerate(budgets)
+    ]
+
+
+def _layer_rope(model: Any, layer: int) -> Any:
+    attn = getattr(model.layers[layer], "self_attn", None)
+    rope = getattr(attn, "rope", None)
+    if rope is None:
+        raise ValueError("positions: 'cache' needs the model's rope object, which this architecture does not expose")
+    return rope
+
+
+def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None):
+    """load_prompt_cache for files holding heap caches; pass the model to
+    re-attach its rope objects (needed with positions="cache")."""
+    register_cache_class()
+    loaded = mlx_cache.load_prompt_cache(path, return_metadata=return_metadata)
+    caches = loaded[0] if return_metadata else loaded
+    if model is not None:
+        install(model)
+        for layer, cache in enumerate(caches):
+            if isinstance(cache, HeapKVCache) and cache.position_mode == "cache":
+                cache.rope = _layer_rope(model, layer)
+    return loaded
+
+
+def clone_heap(cache: list[HeapKVCache]) -> list[HeapKVCache]:
+    """An independent copy (a side question must not disturb the heap it asks):
+    fresh slot arrays, the same rope, a fork of each recovery store."""
+    clones = [HeapKVCache.from_state(layer.state) for layer in cache]
+    for clone, original in zip(clones, cache):
+        clone.rope = original.rope
+        clone.store = original.store.fork() if original.store is not None else None
+    return clones
+
+
+def set_budgets(cache: list[HeapKVCache], budgets: list[int]) -> None:
+    """Per-layer token budgets, applied at once (shrinking collects now)."""
+    for layer, tokens in zip(cache, budgets):
+        layer.set_budget(tokens)
+
+
+def set_policy(cache: list[HeapKVCache], make_policy: Callable[[], Policy]) -> None:
+    """A fresh policy object per layer; accumulated scores start from zero."""
+    for layer in cache:
+        layer.set_policy(make_policy())
+
+
+def set_attention_sampling(cache: list[HeapKVCache], every: int) -> None:
+    """Sample the last query's attention every `every` calls per layer (0: never)."""
+    for layer in cache:
+        layer.diagnostics_every = every
+
+
+def wants_information(cache: list) -> bool:
+    """Whether a policy in the list reads surprisal/entropy, which the driver must then compute."""
+    return any(getattr(getattr(c, "policy", None), "uses_info", False) for c in cache)
+
+
+def feed_token_info(cache: list[HeapKVCache], start: int, surprisal: np.ndarray, entropy: np.ndarray) -> None:
+    """Information signals for the tokens at positions start.., to every layer."""
+    for layer in cache:
+        layer.set_token_info(start, surprisal, entropy)
+
+
+def tokens_seen(cache: list) -> int | None:
+    """Tokens the heap has consumed (every layer saw the same); None for caches that do not count them."""
+    return getattr(cache[0], "tokens_seen", None) if cache else 0
+
+
+def total_bytes(cache: list) -> int:
+    """Every byte the caches hold (mlx-lm's caches count theirs too)."""
+    return sum(c.nbytes for c in cache)
+
+
+def counters(cache: list[HeapKVCache]) -> dict[str, float]:
+    """The layers' counters summed: evictions, promotions, demotions,
+    compactions, collections, ranked, recalls, the seconds spent collecting
+    and ranking, tokens kept, the cold tier's tokens and the budgets."""
+    names = (*COUNTERS, "collect_seconds", "rank_seconds", "live", "cold_tokens", "budget")
+    return {name: sum(getattr(layer, name) for layer in cache) for name in names}
+
+
+def tier_totals(cache: list[HeapKVCache]) -> dict[str, int]:
+    """Tokens per tier summed over layers (each counted on its KV head 0)."""
+    totals = {"sinks": 0, "young": 0, "intermediate": 0, "tenured": 0}
+    for layer in cache:
+        for tier, n in layer.tier_counts().items():
+            totals[tier] += n
+    return totals
+
+
+def recovery_stats(cache: list[HeapKVCache]) -> dict[str, int] | None:
+    """The recovery stores' stats summed over layers; None without the tier."""
+    stores = [layer.store.stats() for layer in cache if layer.store is not None]
+    if not stores:
+        return None
+    return {key: sum(s[key] for s in stores) for key in stores[0]}
