@@ -89,6 +89,29 @@ def grouped_attention(
     return Attended(out, weight_sum, count, last_row)
 
 
+def replay_weights(queries: mx.array, keys: mx.array, scale: float, domain_bias: mx.array, *,
+                   first_query_slot: int, block: int = 256) -> mx.array:
+    """For each key (1, H, L, D), the most weight any of the queries (1, Hq, S, D)
+    of its GQA group pays it, the softmax taken over the keys `domain_bias`
+    (H, L; 0 or -inf) leaves in, the queries causal among themselves from slot
+    `first_query_slot` on: KVzip's score of a replay (H, L)."""
+    B, n_q, S, D = queries.shape
+    H, L = keys.shape[1], keys.shape[2]
+    G = n_q // H
+    q = (queries * scale).reshape(B, H, G, S, D)
+    k_t = keys.swapaxes(-1, -2)
+    cols = mx.arange(L)
+    best = None
+    for r0 in range(0, S, block):
+        r1 = min(S, r0 + block)
+        s = (q[:, :, :, r0:r1, :].reshape(B, H, G * (r1 - r0), D) @ k_t).astype(mx.float32)
+        visible = mx.tile(cols[None, :] <= first_query_slot + mx.arange(r0, r1)[:, None], (G, 1))
+        s = mx.where(visible, s + domain_bias[None, :, None, :], -mx.inf)
+        w = mx.softmax(s, axis=-1, precise=True).max(axis=2)[0]
+        best = w if best is None else mx.maximum(best, w)
+    return best
+
+
 def masked_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
                      dead_bias: mx.array | None) -> mx.array:
     """MLX's fused attention, for policies that read no weights: evicted

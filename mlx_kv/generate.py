@@ -13,7 +13,7 @@ from typing import Any, Callable, Collection, Iterator
 
 import mlx.core as mx
 
-from mlx_kv.heap.prompt_cache import feed_token_info, tokens_seen, wants_information
+from mlx_kv.heap.prompt_cache import feed_token_info, tokens_seen, wants_information, wants_replay
 from mlx_kv.information import token_information
 
 Sampler = Callable[[mx.array], int]
@@ -31,8 +31,10 @@ def make_sampler(temperature: float) -> Sampler:
 
 def prefill(model: Any, cache: list, tokens: list[int], *, chunk: int = 512, previous: mx.array | None = None,
             on_chunk: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-            ) -> tuple[mx.array | None, int]:
-    """Feed tokens in chunks; information-aware policies get their signals.
+            replay: Any = None) -> tuple[mx.array | None, int]:
+    """Feed tokens in chunks; information-aware policies get their signals,
+    and with `replay` (a mlx_kv.replay.Replay) policies that score by
+    reconstruction get each chunk replayed before the heap collects.
 
     Returns the last logits and how many tokens were consumed (fewer than
     len(tokens) only when `should_stop` said so). `on_chunk(consumed)` runs
@@ -40,21 +42,61 @@ def prefill(model: Any, cache: list, tokens: list[int], *, chunk: int = 512, pre
     the logits that predicted the first token (its surprisal).
     """
     informed = wants_information(cache)
-    done, last = 0, previous
+    replaying = replay is not None and wants_replay(cache)
+    if replaying:
+        for layer in cache:
+            layer.expect_replay()
+    done, last, before = 0, previous, None
     while done < len(tokens):
         if should_stop is not None and should_stop():
             break
         piece = tokens[done:done + chunk]
         start = tokens_seen(cache)
-        out = model(mx.array(piece)[None], cache=cache)[0]
-        if informed and start is not None:
-            feed_token_info(cache, start, *token_information(out, piece, last))
-        last = out[-1]
+        if informed:  # surprisal needs every position's logits
+            out = model(mx.array(piece)[None], cache=cache)[0]
+            if start is not None:
+                feed_token_info(cache, start, *token_information(out, piece, last))
+            last = out[-1]
+        else:  # the vocabulary projection of the last position only (a fifth of a small model's prefill)
+            last = logits(model, body(model, piece, cache)[:, -1:])[0, -1]
+        if replaying:
+            replay_chunk(model, cache, replay, piece, before)
+            before = piece
         mx.eval(last, [c.state for c in cache])
         done += len(piece)
         if on_chunk is not None:
             on_chunk(done)
     return last, done
+
+
+def body(model: Any, tokens: list[int], cache: list) -> mx.array:
+    """The model's last hidden states (before the vocabulary projection), for
+    mlx-lm's decoder families (llama, mistral, qwen2, qwen3: a `.model` body)."""
+    return model.model(mx.array(tokens)[None], cache)
+
+
+def logits(model: Any, hidden: mx.array) -> mx.array:
+    """The vocabulary projection of `hidden`, tied to the embedding or not, as mlx-lm's models apply it."""
+    if getattr(model.args, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
+        return model.model.embed_tokens.as_linear(hidden)
+    return model.lm_head(hidden)
+
+
+def replay_chunk(model: Any, cache: list, replay: Any, piece: list[int], before: list[int] | None) -> None:
+    """Replay the chunk just fed, `replay.span` tokens at a time (see
+    mlx_kv.replay); the heap is left as it was, plus the scores."""
+    end = tokens_seen(cache)
+    first = end - len(piece)
+    for start in range(0, len(piece), replay.span):
+        span = piece[start:start + replay.span]
+        for layer in cache:
+            layer.begin_replay(first + start, first + start + len(span))
+        try:
+            mx.eval(body(model, replay.ids(span, before), cache))  # no vocabulary projection: nothing reads it
+        finally:
+            for layer in cache:
+                layer.end_replay(last=start + replay.span >= len(piece))
+        before = span
 
 
 def decode(model: Any, cache: list, logits: mx.array, *, max_tokens: int, sampler: Sampler = greedy,

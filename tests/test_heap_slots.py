@@ -14,9 +14,9 @@ from mlx_kv.heap.slots import SLOTS, Field, SlotTable, slot_bytes
 from mlx_kv.policies import H2O, POLICIES, Policy, SlotView
 
 H, D = 2, 32
-RECON = Field("recon", mx.float32, 0.0, device=True, saved=True, folded=True)
+NOVEL = Field("novel", mx.float32, 0.0, device=True, saved=True, folded=True)
 AGE = Field("age", np.int16, 7, device=False, saved=True)
-FIELDS = SLOTS + (RECON, AGE)
+FIELDS = SLOTS + (NOVEL, AGE)
 
 
 def _kv(n, seed=0):
@@ -29,15 +29,15 @@ def test_a_new_field_is_allocated_written_grown_and_counted():
     table = SlotTable(fields=FIELDS)
     keys, values = _kv(6)
     table.allocate(8, keys=keys, values=values)
-    assert table.recon.shape == (H, 8) and table.age.shape == (H, 8) and (table.age == 7).all()
-    table.write_range(0, 6, keys=keys, values=values, positions=np.arange(6), recon=mx.arange(6) * 1.0, age=1)
+    assert table.novel.shape == (H, 8) and table.age.shape == (H, 8) and (table.age == 7).all()
+    table.write_range(0, 6, keys=keys, values=values, positions=np.arange(6), novel=mx.arange(6) * 1.0, age=1)
     for slots in (np.array([6, 7]), np.array([7, 6])):  # one slot per head
         table.write_slots(slots, keys=keys[0, :, 0], values=values[0, :, 0], positions=6, age=2)
     assert table.age[:, :6].tolist() == [[1] * 6] * 2 and table.age[:, 6:].tolist() == [[2, 2]] * 2
-    assert np.array(table.recon)[:, 6:].tolist() == [[0.0, 0.0]] * 2  # written slots not given a value: the fill
+    assert np.array(table.novel)[:, 6:].tolist() == [[0.0, 0.0]] * 2  # written slots not given a value: the fill
     table.grow(12)
-    assert table.capacity == 12 and table.recon.shape == (H, 12) and (table.age[:, 8:] == 7).all()
-    assert np.array(table.recon)[0, :6].tolist() == [0, 1, 2, 3, 4, 5]
+    assert table.capacity == 12 and table.novel.shape == (H, 12) and (table.age[:, 8:] == 7).all()
+    assert np.array(table.novel)[0, :6].tolist() == [0, 1, 2, 3, 4, 5]
     per_slot = slot_bytes(D, 4, FIELDS)
     assert per_slot == slot_bytes(D, 4) + 4 + 2
     assert table.nbytes == per_slot * H * 12
@@ -48,17 +48,17 @@ def test_a_new_field_moves_with_its_token_when_compacted_and_survives_a_save():
     keys, values = _kv(10)
     table.allocate(10, keys=keys, values=values)
     table.write_range(0, 10, keys=keys, values=values, positions=np.arange(10),
-                      recon=mx.arange(10) * 10.0, age=np.arange(10))
+                      novel=mx.arange(10) * 10.0, age=np.arange(10))
     order = np.array([[9, 2, 4], [0, 1, 8]])
     table.take(order, 0, capacity=5, end=10)
     assert table.capacity == 5 and table.positions.tolist() == [[9, 2, 4, -1, -1], [0, 1, 8, -1, -1]]
-    assert np.array(table.recon).tolist() == [[90, 20, 40, 0, 0], [0, 10, 80, 0, 0]]
+    assert np.array(table.novel).tolist() == [[90, 20, 40, 0, 0], [0, 10, 80, 0, 0]]
     assert table.age.tolist() == [[9, 2, 4, 7, 7], [0, 1, 8, 7, 7]]
     np.testing.assert_array_equal(np.array(table.keys)[0, 1, :3], np.array(keys)[0, 1, [0, 1, 8]])
     saved = table.saved(3)
-    assert {"recon", "age", "keys", "positions"} <= set(saved) and "bias" not in saved and "rank" not in saved
+    assert {"novel", "age", "keys", "positions"} <= set(saved) and "bias" not in saved and "rank" not in saved
     back = SlotTable.from_saved(saved, fields=FIELDS)
-    assert np.array(back.recon).tolist() == [[90, 20, 40], [0, 10, 80]] and back.age.dtype == np.int16
+    assert np.array(back.novel).tolist() == [[90, 20, 40], [0, 10, 80]] and back.age.dtype == np.int16
     older = SlotTable.from_saved({k: v for k, v in saved.items() if k != "age"}, fields=FIELDS)
     assert (older.age == 7).all()  # a file written before the field existed: its fill
 
@@ -128,24 +128,24 @@ class PeakAttention(Policy):
 
     def accumulate(self, folded, weights, count):
         return {**super().accumulate(folded, weights, count),
-                "recon": mx.maximum(folded["recon"], weights / mx.maximum(count, 1.0))}
+                "novel": mx.maximum(folded["novel"], weights / mx.maximum(count, 1.0))}
 
     def score(self, view: SlotView) -> np.ndarray:
-        return view.recon
+        return view.novel
 
 
 def test_a_new_accumulator_costs_one_declaration_and_the_policy_that_reads_it(monkeypatch):
-    monkeypatch.setattr(slots_module, "SLOTS", SLOTS + (RECON,))
+    monkeypatch.setattr(slots_module, "SLOTS", SLOTS + (NOVEL,))
     monkeypatch.setitem(POLICIES, "peak", PeakAttention)
     layer = _fed_heap(PeakAttention())
-    recon = np.array(layer.slots.recon[:, : layer.end])
+    novel = np.array(layer.slots.novel[:, : layer.end])
     alive = layer.slots.positions[:, : layer.end] >= 0
     assert layer.evictions > 0 and layer.compactions > 0
-    assert 0 < recon[alive].max() <= 1 and np.all(recon[alive] >= 0)
+    assert 0 < novel[alive].max() <= 1 and np.all(novel[alive] >= 0)
     assert HeapKVCache.slot_bytes(D, 4) == slot_bytes(D, 4, SLOTS) + 4  # budgets in bytes count it too
     assert layer.nbytes == HeapKVCache.slot_bytes(D, 4) * H * layer.slots.capacity
     restored = HeapKVCache.from_state(layer.state)
-    np.testing.assert_array_equal(np.array(restored.slots.recon), recon)
+    np.testing.assert_array_equal(np.array(restored.slots.novel), novel)
 
 
 def test_slots_from_the_end_on_hold_their_fills_so_a_new_token_writes_only_what_it_brings():

@@ -34,6 +34,7 @@ from mlx_kv.chat_format import ChatFormat
 from mlx_kv.generate import decode, prefill
 from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
 from mlx_kv.hook import heap_hook
+from mlx_kv.replay import Replay
 from mlx_kv.tasks import answer_text, make_sample
 
 CHUNK = 512
@@ -108,6 +109,7 @@ class Runner:
         self.sinks, self.window, self.max_answer = sinks, window, max_answer_tokens
         self.eos = set(getattr(tokenizer, "eos_token_ids", None) or [])
         self.format = ChatFormat.probe(tokenizer)
+        self.replay = Replay.for_tokenizer(tokenizer) if tokenizer is not None else None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -137,7 +139,7 @@ class Runner:
 
     def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None,
                 chunk: int = CHUNK) -> mx.array:
-        return prefill(self.model, cache, tokens, chunk=chunk, previous=previous)[0]
+        return prefill(self.model, cache, tokens, chunk=chunk, previous=previous, replay=self.replay)[0]
 
     def answer(self, cache: list, logits: mx.array, limit: int, enough: Callable[[str], bool] | None = None) -> str:
         """The greedy reply, up to `limit` tokens, EOS, or until `enough(text)`

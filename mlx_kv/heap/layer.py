@@ -30,7 +30,7 @@ import numpy as np
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import _BaseCache
 
-from mlx_kv.attention import attention_summary, grouped_attention, masked_attention, query_block
+from mlx_kv.attention import attention_summary, grouped_attention, masked_attention, query_block, replay_weights
 from mlx_kv.heap.cold import ColdTier
 from mlx_kv.heap.collector import collect, compaction_order, noisy, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore
@@ -114,6 +114,8 @@ class HeapKVCache(_BaseCache):
         self.store: RecoveryStore | None = None
         self._collect_pending = False
         self._info_fed = False
+        self._replay: tuple[int, int, int] | None = None  # while a replay runs: its span's positions, tokens before it
+        self._replay_expected = False  # a driver replays this heap's chunks (see expect_replay)
         self.calls = 0
         self.attention_stats: dict[str, mx.array] = {}  # sampled: entropy, top-1%/5% shares
         self._rng = np.random.default_rng(self.seed)
@@ -131,7 +133,7 @@ class HeapKVCache(_BaseCache):
         n_new = keys.shape[2]
         self._reused = None
         self._query_base = self.offset  # where mlx-lm just rotated these queries and keys
-        if self._collect_pending:
+        if self._collect_pending and self._replay is None:
             self._collect_pending = False
             self._collect()
             self._query_base = self.offset
@@ -162,6 +164,8 @@ class HeapKVCache(_BaseCache):
         dead_bias = self.slots.bias[:, : self.end] if self._live < self.end else None
         keys = self.shifts.keys(self.rope, self.slots, keys, self.end, self._query_base - (self._live - n_new))
         policy = self.policy
+        if self._replay is not None:
+            return self._attend_replay(queries, keys, values, scale, dead_bias, first)
         if policy.observes == "none":
             out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
@@ -177,14 +181,52 @@ class HeapKVCache(_BaseCache):
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
         if self.live > self.budget:
-            if self.policy.uses_info and n_new > 1 and self._info_fed:
-                # The chunk's surprisal is known only once the whole model ran:
-                # collect when it arrives (set_token_info) or at the next call.
-                # (A driver that never feeds signals gets attention-only collections.)
+            if n_new > 1 and ((self.policy.uses_info and self._info_fed) or (self.policy.replays and self._replay_expected)):
+                # The chunk's surprisal is known only once the whole model ran,
+                # its replay score once the replay ran: collect when they arrive
+                # (set_token_info, end_replay) or at the next call. (A driver
+                # that never feeds them gets collections on what there is.)
                 self._collect_pending = True
             else:
                 self._collect()
         return out
+
+    # ------------------------------------------------------------------ replay
+    def expect_replay(self) -> None:
+        """The driver will replay the chunks it feeds: a chunk's collection waits for its replay."""
+        self._replay_expected = True
+
+    def begin_replay(self, start: int, stop: int) -> None:
+        """The next calls replay the tokens at positions [start, stop) (mlx_kv.replay):
+        their queries attend as usual, fold KVzip's score into `recon`, and
+        leave the heap as it was at end_replay."""
+        self._replay = (start, stop, self.tokens_seen)
+
+    def end_replay(self, last: bool = True) -> None:
+        """Forget the replay's tokens (their positions are not consumed); after
+        the `last` replay of a chunk, collect if it left the layer over budget."""
+        if self._replay is None:
+            return
+        before = self._replay[2]
+        self._replay = None
+        self.trim(self.tokens_seen - before)
+        if last and self._collect_pending and not (self.policy.uses_info and self._info_fed):
+            self._collect_pending = False
+            self._collect()
+
+    def _attend_replay(self, queries, keys, values, scale, dead_bias, first) -> mx.array:
+        """A replay's attention: the output as usual, and for every slot the most
+        attention a replaying query pays it, the softmax over the sinks, the
+        chunk being replayed and the replay itself (KVzip's domain: a chunk's
+        scores do not depend on what else the heap still holds)."""
+        start, stop, replay_start = self._replay
+        pos = self.slots.positions[:, : self.end]
+        domain = (pos >= 0) & ((pos < self.sinks) | ((pos >= start) & (pos < stop)) | (pos >= replay_start))
+        bias = mx.array(np.where(domain, 0.0, -np.inf).astype(np.float32))
+        weights = replay_weights(queries, keys, scale, bias, first_query_slot=first,
+                                 block=query_block(self.score_block, queries.shape[1], self.end))
+        self.slots.fold(self.end, lambda folded, w, _: self.policy.fold_replay(folded, w), weights, None)
+        return masked_attention(queries, keys, values, scale, dead_bias)
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
         # `attend` builds its own masks; this serves code that bypasses the hook.
@@ -409,8 +451,7 @@ class HeapKVCache(_BaseCache):
         self._reused = slots
 
     def _host_scores(self) -> np.ndarray:
-        observed = self.policy.observes != "none"
-        return self.policy.score(SlotView(self.slots.host_view(self.end, observed), self.tokens_seen))
+        return self.policy.score(SlotView(self.slots.host_view(self.end, self.policy.reads), self.tokens_seen))
 
     def _collect(self) -> None:
         started = time.perf_counter()

@@ -118,6 +118,11 @@ def wants_information(cache: list) -> bool:
     return any(getattr(getattr(c, "policy", None), "uses_info", False) for c in cache)
 
 
+def wants_replay(cache: list) -> bool:
+    """Whether a policy in the list scores by replaying each chunk (mlx_kv.replay)."""
+    return any(getattr(getattr(c, "policy", None), "replays", False) for c in cache)
+
+
 def feed_token_info(cache: list[HeapKVCache], start: int, surprisal: np.ndarray, entropy: np.ndarray) -> None:
     """Information signals for the tokens at positions start.., to every layer."""
     for layer in cache:

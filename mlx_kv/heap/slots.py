@@ -60,6 +60,8 @@ SLOTS: tuple[Field, ...] = (
     Field("values", None, 0.0, device=True, saved=True, model_rows=True, cold=True),
     Field("acc", mx.float32, 0.0, device=True, saved=True, folded=True),  # attention, as the policy folds it
     Field("seen", mx.float32, 0.0, device=True, saved=True, folded=True),  # queries that could see the slot
+    # the most attention a replay of the slot's chunk paid it (mlx_kv.replay); 0 until replayed
+    Field("recon", mx.float32, 0.0, device=True, saved=True, folded=True),
     Field("bias", mx.float32, 0.0, device=True, saved=False, moved=False),  # 0 on live slots, -inf on dead ones
     Field("positions", np.int64, -1, device=False, saved=True),  # the token's original position; -1: dead
     Field("tenured", np.bool_, False, device=False, saved=True),
@@ -201,14 +203,14 @@ class SlotTable:
             return hot
         return mx.concatenate([self.cold.dequantized(name), hot], axis=f.axis)
 
-    def host_view(self, end: int, observed: bool) -> dict[str, np.ndarray]:
+    def host_view(self, end: int, reads: tuple[str, ...]) -> dict[str, np.ndarray]:
         """What a policy reads at a collection, slots [0, end): host copies of
-        the accumulators (zeros for a policy that observes no attention) and
-        the host fields as they are."""
+        the accumulators it `reads` (zeros for the others: no device sync for
+        what nobody looks at) and the host fields as they are."""
         view = {}
         for f in self.fields:
             if f.folded:
-                view[f.name] = np.array(self.used(f.name, end)) if observed else np.zeros((self.n_heads, end))
+                view[f.name] = np.array(self.used(f.name, end)) if f.name in reads else np.zeros((self.n_heads, end))
             elif not f.device:
                 view[f.name] = self.used(f.name, end)
         return view

@@ -51,9 +51,18 @@ class Policy:
     # the driver then computes them, and the heap waits for a chunk's.
     uses_info: ClassVar[bool] = False
 
+    # Whether score() reads the scores a replay of each chunk gives (mlx_kv.replay):
+    # the driver then replays every chunk, and the heap collects after the replay.
+    replays: ClassVar[bool] = False
+
     @property
     def observation_window(self) -> int:
         return 1
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The accumulators score() reads (copied to the host at a collection)."""
+        return () if self.observes == "none" else ("acc", "seen")
 
     def score_rows(self, n_queries: int) -> tuple[int, int]:
         """The half-open range of a call's query rows whose attention is folded."""
@@ -67,6 +76,10 @@ class Policy:
         """Fold one call's attention (weights summed per slot, and how many
         queries could see each slot) into the accumulators, by field name."""
         return {"acc": folded["acc"] + weights, "seen": folded["seen"] + count}
+
+    def fold_replay(self, folded: dict[str, mx.array], weights: mx.array) -> dict[str, mx.array]:
+        """Fold a replay's attention (the most any replayed query paid each slot) into the accumulators."""
+        return {}
 
     def score(self, view: SlotView) -> np.ndarray:
         """Scores per (kv_head, slot); dead slots (position -1) are ignored."""

@@ -1,0 +1,46 @@
+"""Context reconstruction (KVzip, Kim et al. 2025), streamed through the heap.
+
+Attention-based keep signals do not know, before the question, which fact
+will be asked; on a real model they fall to the level of random eviction
+(DESIGN.md). KVzip asks the model instead: after the context, it is made to
+repeat the context, and a KV pair is worth keeping by the most attention any
+repeating query pays it. Here every chunk is replayed as soon as it is read,
+behind a "repeat" prompt, by queries that never enter the heap
+(mlx_kv.replay), so the score exists before the budget is enforced and a
+stream of any length can be scored chunk by chunk. A token keeps the score
+its own chunk's replay gave it; `decay` < 1 lets older scores fade by that
+factor at every later replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_kv.policies.base import Policy, SlotView
+
+
+@dataclass
+class KVzip(Policy):
+    name: ClassVar[str] = "kvzip"
+    observes: ClassVar[str] = "none"  # the chunk's own attention is not needed: the fused kernel serves it
+    replays: ClassVar[bool] = True
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.decay) <= 1.0:
+            raise ValueError(f"policy_args.decay: must be in (0, 1], got {self.decay}")
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("recon",)
+
+    def fold_replay(self, folded: dict[str, mx.array], weights: mx.array) -> dict[str, mx.array]:
+        old = folded["recon"] if self.decay == 1.0 else folded["recon"] * self.decay
+        return {"recon": mx.maximum(old, weights)}
+
+    def score(self, view: SlotView) -> np.ndarray:
+        return view.recon

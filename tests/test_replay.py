@@ -1,0 +1,89 @@
+"""Replaying chunks for KVzip-style scores leaves the heap as it was, plus the scores."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.cache import KVCache
+
+from conftest import build_model
+from mlx_kv import HeapConfig, make_heap_cache, uninstall
+from mlx_kv.generate import decode, prefill
+from mlx_kv.replay import Replay
+
+REPLAY = Replay(first=(5, 6, 7), later=(8, 9), suffix=(3,))
+
+
+def run(model, cache, tokens, replay, chunk=64):
+    logits, _ = prefill(model, cache, tokens, chunk=chunk, replay=replay)
+    rows = [np.array(logits)]
+    for _, logits in decode(model, cache, logits, max_tokens=20):
+        rows.append(np.array(logits))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("positions", ["absolute", "cache"])
+def test_a_replayed_heap_that_evicts_nothing_gives_kvcache_logits(positions):
+    model = build_model("llama")
+    tokens = np.random.default_rng(1).integers(0, 101, size=300).tolist()
+    reference = run(model, [KVCache() for _ in model.layers], tokens, None)
+    heap = make_heap_cache(model, HeapConfig(budget=512, policy="kvzip", positions=positions))
+    try:
+        got = run(model, heap, tokens, REPLAY)
+    finally:
+        uninstall(model)
+    assert np.max(np.abs(got - reference)) <= 1e-4
+    assert all(layer.tokens_seen == 320 and layer.live == 320 and layer.evictions == 0 for layer in heap)
+    recon = np.array(heap[0].slots.recon[:, :300])
+    assert (recon[:, 4:] > 0).all()  # every replayed token got a score
+
+
+def test_replay_ids_follow_kvzip_prompts():
+    assert REPLAY.ids([20, 21, 22], None) == [5, 6, 7, 3, 20, 21, 22]
+    previous = list(range(40, 52))
+    assert REPLAY.ids([20, 21], previous) == [8, 9, *previous[-8:], 3, 20, 21]
+    assert Replay(REPLAY.first, REPLAY.later, REPLAY.suffix, fraction=0.5).ids([1, 2, 3, 4], None)[-2:] == [1, 2]
+
+
+def test_the_budget_holds_after_each_replayed_chunk_and_every_kept_token_was_scored():
+    model = build_model("llama")
+    tokens = np.random.default_rng(2).integers(0, 101, size=400).tolist()
+    heap = make_heap_cache(model, HeapConfig(budget=150, window=16, policy="kvzip"))
+    kept = []
+    try:
+        prefill(model, heap, tokens, chunk=100, replay=REPLAY, on_chunk=lambda done: kept.append(heap[0].live))
+        layer = heap[0]
+        scores = np.array(layer.slots.recon[:, : layer.end])
+        alive = layer.slots.positions[:, : layer.end] >= 0
+        # collections waited for the replays: no kept token beyond the sinks is unscored
+        assert (scores[alive & (layer.slots.positions[:, : layer.end] >= 4)] > 0).all()
+    finally:
+        uninstall(model)
+    assert kept[0] == 100 and all(k <= 150 for k in kept)
+    assert heap[0].collections >= 3 and heap[0].tokens_seen == 400
+
+
+def test_without_a_replay_the_policy_still_collects():
+    """A driver that never replays gets collections on what there is (zeros: the oldest go)."""
+    model = build_model("llama")
+    heap = make_heap_cache(model, HeapConfig(budget=100, window=16, policy="kvzip"))
+    try:
+        prefill(model, heap, list(range(1, 101)) * 2, chunk=50)
+    finally:
+        uninstall(model)
+    assert heap[0].live <= 100 and heap[0].evictions > 0
+
+
+def test_a_long_chunk_is_replayed_in_spans_and_collected_once_all_are_scored():
+    model = build_model("llama")
+    tokens = np.random.default_rng(3).integers(0, 101, size=300).tolist()
+    spans = Replay(REPLAY.first, REPLAY.later, REPLAY.suffix, span=64)
+    heap = make_heap_cache(model, HeapConfig(budget=150, window=16, policy="kvzip"))
+    try:
+        prefill(model, heap, tokens, chunk=300, replay=spans)  # one chunk: the first collection waits too
+    finally:
+        uninstall(model)
+    layer = heap[0]
+    assert layer.collections == 1 and layer.live <= 150
+    kept = layer.slots.positions[:, : layer.end]
+    # every span was scored before the one collection, so each keeps some of its tokens beyond the young window
+    assert all(((kept >= lo) & (kept < lo + 64)).any() for lo in (0, 64, 128, 192, 256 - 32))
