@@ -88,3 +88,13 @@ def test_full_runs_once_per_prompt_shape(tiny):
                        settings=["stream", "compress", "aware"], context=256, trials=2, seed=0)
     assert [(c.policy, c.setting) for c in cells] == [
         ("full", "stream"), ("h2o", "stream"), ("h2o", "compress"), ("full", "aware"), ("h2o", "aware")]
+
+
+def test_compress_from_one_shared_prefill_equals_its_own_prefill_per_ratio(tiny):
+    model, tokenizer = tiny
+    runner = Runner(model, tokenizer)
+    sample = make_sample("single_needle", 700, tokenizer, seed=5)
+    shared = runner.compress_trials(sample, "h2o", [0.25, 0.75])
+    for ratio, trial in shared.items():
+        alone = runner.trial(sample, "h2o", ratio, "compress")
+        assert (trial.prediction, trial.kv_bytes) == (alone.prediction, alone.kv_bytes)

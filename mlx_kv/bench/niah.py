@@ -32,7 +32,8 @@ from mlx_lm.models.cache import KVCache
 from mlx_kv.bench.variants import policy_config
 from mlx_kv.chat_format import ChatFormat
 from mlx_kv.generate import decode, prefill
-from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
+from mlx_kv.heap.layer import default_collect_batch
+from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, total_bytes
 from mlx_kv.hook import heap_hook
 from mlx_kv.replay import Replay
 from mlx_kv.tasks import answer_text, make_sample
@@ -164,6 +165,32 @@ class Runner:
             logits = self.prefill(cache, p.doc, chunk=CHUNK if setting == "stream" else len(p.doc))
             _widen(cache, len(p.question))  # only the document is compressed
             logits = self.prefill(cache, p.question, previous=logits, chunk=len(p.question))
+        return self._finish(sample, p, cache, logits)
+
+    def compress_trials(self, sample, policy: str, ratios: list[float], prompt: Prompt | None = None
+                        ) -> dict[float, Trial]:
+        """The compress setting at every ratio from one exact prefill (and one
+        replay): the document is read by a heap that evicts nothing, then each
+        ratio compresses its own copy once, as a heap of that budget would
+        have at the end of its one chunk."""
+        p = prompt or self.prompt(sample)
+        keeps = {r: heap_budget(len(p.doc), r, self.sinks, self.window) for r in ratios}
+        window = min(self.window, max(1, (min(keeps.values()) - self.sinks) // 4))
+        config = policy_config(policy, self.profile, budget=len(p.doc) + 1, sinks=self.sinks, window=window)
+        read = make_heap_cache(self.model, config)
+        logits = self.prefill(read, p.doc, chunk=len(p.doc))
+        trials = {}
+        for ratio, keep in keeps.items():
+            cache = clone_heap(read)
+            for layer in cache:
+                layer.collect_batch = default_collect_batch(keep)
+                layer.set_budget(keep)
+            _widen(cache, len(p.question))
+            trials[ratio] = self._finish(sample, p, cache, self.prefill(cache, p.question, previous=logits,
+                                                                        chunk=len(p.question)))
+        return trials
+
+    def _finish(self, sample, p: Prompt, cache: list, logits: mx.array) -> Trial:
         kv_bytes = total_bytes(cache)
         _widen(cache, p.answer_limit)
         prediction = self.answer(cache, logits, p.answer_limit, enough=lambda text: sample.score(text) == 1.0)
@@ -205,18 +232,22 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
                         if _shape(setting) in shapes_done:
                             continue
                         shapes_done.add(_shape(setting))
-                    for ratio in ([0.0] if policy == "full" else ratios):
-                        correct, kv_bytes = 0.0, 0
-                        for sample, prompt in zip(samples, prompts):
-                            result = runner.trial(sample, policy, ratio, setting, prompt)
-                            correct += result.score
-                            kv_bytes += result.kv_bytes
+                    cell_ratios = [0.0] if policy == "full" else ratios
+                    results: dict[float, list[Trial]] = {r: [] for r in cell_ratios}
+                    for sample, prompt in zip(samples, prompts):
+                        if setting == "compress" and policy != "full":  # one prefill serves every ratio
+                            by_ratio = runner.compress_trials(sample, policy, cell_ratios, prompt)
+                        else:
+                            by_ratio = {r: runner.trial(sample, policy, r, setting, prompt) for r in cell_ratios}
+                        for ratio, result in by_ratio.items():
+                            results[ratio].append(result)
                             if details is not None:
                                 details({"task": task, "policy": policy, "prune_ratio": ratio, "setting": setting,
                                          "seed": sample.seed, "depth": sample.depth, "score": result.score,
                                          "prediction": result.prediction})
-                        cell = Cell(task, policy, ratio, setting, context, trials, correct,
-                                    kv_bytes / max(1, trials), name)
+                    for ratio, done in results.items():
+                        cell = Cell(task, policy, ratio, setting, context, trials, sum(t.score for t in done),
+                                    sum(t.kv_bytes for t in done) / max(1, trials), name)
                         cells.append(cell)
                         emit(cell)
     return cells

@@ -73,7 +73,7 @@ class HeapKVCache(_BaseCache):
         self.sinks = int(sinks)
         self.window = int(window)
         room = self.budget - self.sinks - self.window
-        self.collect_batch = int(collect_batch or max(1, min(64, self.budget // 32)))
+        self.collect_batch = int(collect_batch or default_collect_batch(self.budget))
         self.collect_batch = max(1, min(self.collect_batch, room))
         self.tenured_cap = int(room // 4 if tenured is None else min(tenured, room))
         self.promote_after = int(promote_after)
@@ -542,6 +542,11 @@ class HeapKVCache(_BaseCache):
         self.shifts.invalidate()
         self.end = live
         self.compactions += 1
+
+def default_collect_batch(budget: int) -> int:
+    """Slots a collection frees beyond the budget: budget/32, 1..64."""
+    return max(1, min(64, budget // 32))
+
 
 _LEGACY_STATE = ("keys", "values", "acc", "seen", "positions", "tenured", "survived", "rot", "info", "meta")
 
