@@ -26,7 +26,7 @@ from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, P
 from mlx_kv.sizes import parse_budget, parse_bytes
 
 # mlx_kv.policies.POLICIES, named here because importing it loads MLX (tests/test_protocol.py keeps them equal)
-POLICIES = ("h2o", "random", "snapkv", "streaming", "surprise", "tova")
+POLICIES = ("h2o", "kvzip", "random", "snapkv", "streaming", "surprise", "tova")
 DEFAULT_POLICY = "h2o"
 BYTES_PER_TOKEN = 4096  # a tiny model: 2 layers x 2 KV heads x 64 dims x fp32 x K,V x 2
 DEFAULT_REPLY = (

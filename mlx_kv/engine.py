@@ -26,12 +26,13 @@ from mlx_kv.config import HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
-from mlx_kv.generate import decode, make_sampler, prefill
+from mlx_kv.generate import decode, make_sampler, prefill, replay_chunk
 from mlx_kv.guard import MemoryGuard
 from mlx_kv.heap.prompt_cache import (counters, load_heap_cache, make_heap_cache, set_budgets, set_policy,
-                                      tier_totals, tokens_seen, total_bytes)
+                                      tier_totals, tokens_seen, total_bytes, wants_replay)
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
+from mlx_kv.replay import Replay
 from mlx_kv.session_file import read_session_payload, write_session_file
 from mlx_kv.sizes import parse_budget
 
@@ -51,6 +52,7 @@ class Session:
         self.model_spec = model_spec
         self.cache = make_heap_cache(model, config)
         self.format = ChatFormat.probe(tokenizer)
+        self.replay = Replay.for_tokenizer(tokenizer)  # used by policies that score by reconstruction (kvzip)
         self.transcript: list[dict] = []
         self.system: str | None = None
         self._fed_text = ""
@@ -109,6 +111,8 @@ class Session:
                 yield tail
         finally:
             self._fed_text += self.tokenizer.decode(reply)
+            if reply and wants_replay(self.cache):  # the reply's tokens are scored like any chunk's
+                replay_chunk(self.model, self.cache, self.replay, reply, None)
 
     def _decode(self, max_tokens: int, cancel: threading.Event | None, temperature: float) -> Iterator[int]:
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
@@ -165,6 +169,7 @@ class Session:
 
         try:
             last, _ = prefill(self.model, self.cache, tokens, chunk=PREFILL_CHUNK, previous=self._last_logits,
+                              replay=self.replay,
                               on_chunk=after_chunk,
                               should_stop=(lambda: cancel.is_set()) if cancel is not None else None)
             if last is not None:

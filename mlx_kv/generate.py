@@ -87,16 +87,36 @@ def replay_chunk(model: Any, cache: list, replay: Any, piece: list[int], before:
     mlx_kv.replay); the heap is left as it was, plus the scores."""
     end = tokens_seen(cache)
     first = end - len(piece)
+    depth = getattr(cache[0].policy, "layers", 0) or len(cache)
+    replayed, inheriting = cache[:depth], cache[depth:]
     for start in range(0, len(piece), replay.span):
         span = piece[start:start + replay.span]
-        for layer in cache:
+        for layer in replayed:
             layer.begin_replay(first + start, first + start + len(span))
         try:
-            mx.eval(body(model, replay.ids(span, before), cache))  # no vocabulary projection: nothing reads it
+            ids = mx.array(replay.ids(span, before))[None]
+            if inheriting:
+                mx.eval(lower_layers(model, ids, replayed))
+            else:
+                mx.eval(body(model, replay.ids(span, before), cache))  # no vocabulary projection: nothing reads it
         finally:
-            for layer in cache:
+            for layer in replayed:
                 layer.end_replay(last=start + replay.span >= len(piece))
         before = span
+    if inheriting:
+        scores = mx.stack([layer.replay_scores(first, end) for layer in replayed]).max(axis=0)
+        for layer in inheriting:
+            layer.inherit_replay_scores(first, end, scores)
+            layer.collect_pending()
+
+
+def lower_layers(model: Any, ids: mx.array, cache: list) -> mx.array:
+    """The hidden states after the first len(cache) layers (the heap builds each
+    layer's mask itself, so none is passed)."""
+    h = model.model.embed_tokens(ids)
+    for layer, c in zip(model.model.layers, cache):
+        h = layer(h, None, cache=c)
+    return h
 
 
 def decode(model: Any, cache: list, logits: mx.array, *, max_tokens: int, sampler: Sampler = greedy,

@@ -87,3 +87,33 @@ def test_a_long_chunk_is_replayed_in_spans_and_collected_once_all_are_scored():
     kept = layer.slots.positions[:, : layer.end]
     # every span was scored before the one collection, so each keeps some of its tokens beyond the young window
     assert all(((kept >= lo) & (kept < lo + 64)).any() for lo in (0, 64, 128, 192, 256 - 32))
+
+
+def test_replaying_lower_layers_only_gives_the_higher_ones_token_scores():
+    model = build_model("llama", num_hidden_layers=4)
+    tokens = np.random.default_rng(4).integers(0, 101, size=300).tolist()
+    reference = run(model, [KVCache() for _ in model.layers], tokens, None)
+    heap = make_heap_cache(model, HeapConfig(budget=512, policy="kvzip", policy_args={"layers": 2}))
+    try:
+        got = run(model, heap, tokens, REPLAY)
+    finally:
+        uninstall(model)
+    assert np.max(np.abs(got - reference)) <= 1e-4  # still no trace of the replay
+    lower = np.stack([np.array(layer.slots.recon[:, 4:300]) for layer in heap[:2]])  # (sinks: every replay's)
+    for layer in heap[2:]:
+        recon = np.array(layer.slots.recon[:, 4:300])
+        assert (recon == lower.max(axis=(0, 1))).all()  # the same token score in every head
+
+
+def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies(tiny_model_dir):
+    from mlx_kv.engine import Session
+
+    session = Session.load(str(tiny_model_dir), budget=96, policy="kvzip", window=16)
+    session.ingest(" ".join(f"w{i % 90}" for i in range(400)))
+    reply = "".join(session.chat("w1 w2 w3", max_tokens=12))
+    layer = session.cache[0]
+    assert layer.live <= 96 and layer.tokens_seen > 400
+    assert reply.strip(), "the test model gave an empty reply; nothing was replayed"
+    recon = np.array(layer.slots.recon[:, : layer.end])
+    newest = layer.slots.positions[:, : layer.end] >= layer.tokens_seen - 3  # the reply's last tokens
+    assert (recon[newest] > 0).all()

@@ -210,9 +210,28 @@ class HeapKVCache(_BaseCache):
         before = self._replay[2]
         self._replay = None
         self.trim(self.tokens_seen - before)
-        if last and self._collect_pending and not (self.policy.uses_info and self._info_fed):
+        if last:
+            self.collect_pending()
+
+    def collect_pending(self) -> None:
+        """The collection a chunk left waiting for its replay scores, now that they are in."""
+        if self._collect_pending and not (self.policy.uses_info and self._info_fed):
             self._collect_pending = False
             self._collect()
+
+    def replay_scores(self, start: int, stop: int) -> mx.array:
+        """(stop - start,) the most attention any head's replay paid each of the
+        tokens at positions [start, stop) (they were just appended: the last slots)."""
+        n = stop - start
+        return self.slots.recon[:, self.end - n: self.end].max(axis=0)
+
+    def inherit_replay_scores(self, start: int, stop: int, scores: mx.array) -> None:
+        """A layer the replay did not reach takes token-level scores for the
+        tokens at positions [start, stop), the last slots, in every head."""
+        n = stop - start
+        folded = {"recon": self.slots.recon[:, self.end - n: self.end]}
+        recon = self.policy.fold_replay(folded, mx.broadcast_to(scores[None], folded["recon"].shape))["recon"]
+        self.slots.recon[:, self.end - n: self.end] = recon
 
     def _attend_replay(self, queries, keys, values, scale, dead_bias, first) -> mx.array:
         """A replay's attention: the output as usual, and for every slot the most

@@ -10,6 +10,11 @@ behind a "repeat" prompt, by queries that never enter the heap
 stream of any length can be scored chunk by chunk. A token keeps the score
 its own chunk's replay gave it; `decay` < 1 lets older scores fade by that
 factor at every later replay.
+
+`layers` > 0 replays through the lowest `layers` layers only (a fraction of
+the replay's cost) and gives every higher layer, in all its heads, the most
+any replayed layer's head paid each token: a token-level score where the
+full replay has a per-head one.
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ class KVzip(Policy):
     observes: ClassVar[str] = "none"  # the chunk's own attention is not needed: the fused kernel serves it
     replays: ClassVar[bool] = True
     decay: float = 1.0
+    layers: int = 0  # replay through this many lowest layers; 0: all of them
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.decay) <= 1.0:
             raise ValueError(f"policy_args.decay: must be in (0, 1], got {self.decay}")
+        if isinstance(self.layers, float) and self.layers.is_integer():
+            self.layers = int(self.layers)  # (bench variants read numbers as floats)
+        if not isinstance(self.layers, int) or self.layers < 0:
+            raise ValueError(f"policy_args.layers: must be a whole number >= 0, got {self.layers}")
 
     @property
     def reads(self) -> tuple[str, ...]:
