@@ -21,3 +21,7 @@ class UserError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+class DiskFull(UserError):
+    """A write that found no room; the message says where and what is free."""
