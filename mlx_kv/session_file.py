@@ -2,9 +2,23 @@
 
 Layout: one header line `MLXKV-SESSION <version> sha256=<hex> bytes=<n>\\n`
 followed by the safetensors payload mlx-lm's save_prompt_cache writes.
-Writes go to a temporary file in the same folder, are fsynced, and then
-replace the target atomically; the previous save is kept as `<name>.bak`.
 A file whose header, length or checksum does not match is refused.
+
+Why the write goes the way it does (a process can be killed, or the disk
+fill up, at any byte of it; tests/test_kill_during_save.py and
+tests/test_full_disk.py try both):
+
+1. the payload and the wrapped file are written to temporary files in the
+   same folder (`.mlxkv-tmp-<pid>-...`, with the writer's pid), and fsynced;
+2. the previous save gets a second name, `<name>.bak`, by a hard link (a
+   copy where links are not supported), so at no moment is there no file
+   at `<name>`: a rename of the old file to .bak would open such a moment;
+3. the new file is renamed over `<name>` and the folder is fsynced, so the
+   rename itself survives a power cut.
+
+Temporary files of writers that died (their pid is gone) are removed by the
+next save into the same folder. A save that fails (a full disk, say) leaves
+`<name>` and `<name>.bak` as they were and says so in one line.
 """
 
 from __future__ import annotations
@@ -12,41 +26,120 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from mlx_kv.errors import UserError
+from mlx_kv.errors import DiskFull, UserError
+from mlx_kv.storage import fsync_folder, is_disk_full, pid_alive, room_note
 
 MAGIC = "MLXKV-SESSION"
 VERSION = 1
 _HEADER = re.compile(rb"^MLXKV-SESSION (\d+) sha256=([0-9a-f]{64}) bytes=(\d+)\n$")
+_TEMP = re.compile(r"^\.mlxkv-(?:tmp|payload|bak)-(\d+)-")  # .mlxkv-tmp-<pid>-..., the writer's pid first
 
 
 def write_session_file(path: str | os.PathLike, write_payload: Callable[[str], None]) -> None:
-    """`write_payload(tmp_path)` writes the safetensors payload; this wraps and commits it."""
+    """`write_payload(tmp_path)` writes the safetensors payload; this wraps and commits it.
+
+    Raises UserError (one line) when the folder cannot take the file; the
+    earlier save is then untouched."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, payload_path = tempfile.mkstemp(dir=target.parent, prefix=".payload-", suffix=".safetensors")
-    os.close(fd)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".session")
-    os.close(fd)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"session: cannot create the folder {target.parent}: {exc.strerror or exc}") from None
+    remove_stale_temps(target.parent)
+    payload_path = tmp = None
+    try:
+        payload_path = _temp_file(target.parent, "payload", ".safetensors")
+        tmp = _temp_file(target.parent, "tmp", ".session")
         write_payload(payload_path)
-        data = Path(payload_path).read_bytes()
-        header = f"{MAGIC} {VERSION} sha256={hashlib.sha256(data).hexdigest()} bytes={len(data)}\n".encode()
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        digest, size = _digest(payload_path)
+        header = f"{MAGIC} {VERSION} sha256={digest} bytes={size}\n".encode()
+        with open(tmp, "wb") as out, open(payload_path, "rb") as src:
+            out.write(header)
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.unlink(payload_path)
         if target.exists() and _is_valid(target):
-            os.replace(target, backup_path(target))
+            _keep_as_backup(target)
         os.replace(tmp, target)
+        fsync_folder(target.parent)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, or MLX's RuntimeError for a failed write
+        _remove(tmp, payload_path)  # first, so the message tells the room there is once they are gone
+        raise (DiskFull if is_disk_full(exc, target.parent) else UserError)(_save_failed(target, exc)) from None
     finally:
-        for leftover in (tmp, payload_path):
-            if os.path.exists(leftover):
+        _remove(tmp, payload_path)
+
+
+def _remove(*paths: str | None) -> None:
+    for leftover in paths:
+        try:
+            if leftover is not None:
                 os.unlink(leftover)
+        except FileNotFoundError:
+            pass
+
+
+def _temp_file(folder: Path, kind: str, suffix: str) -> str:
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".mlxkv-{kind}-{os.getpid()}-", suffix=suffix)
+    os.close(fd)
+    return name
+
+
+def _digest(path: str) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def _keep_as_backup(target: Path) -> None:
+    """`<name>.bak` becomes the current file, which keeps its own name too."""
+    backup = backup_path(target)
+    if backup.exists() and os.path.samefile(target, backup):
+        return  # a save killed after its link: they are one file already (and a rename onto it does nothing)
+    staged = _temp_file(target.parent, "bak", ".session")
+    os.unlink(staged)
+    try:
+        os.link(target, staged)
+    except OSError:  # no hard links here (FAT, some network shares): a copy
+        shutil.copyfile(target, staged)
+        with open(staged, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(staged, backup)
+
+
+def _save_failed(target: Path, exc: BaseException) -> str:
+    """One line on why a save failed; a full disk is said as such, with what is free."""
+    intact = "; the previous save is intact" if target.exists() else ""
+    if is_disk_full(exc, target.parent):
+        return (f"session: cannot save {target.name}: no space left in {target.parent}{room_note(target.parent)}; "
+                f"a save needs twice its size while it is written{intact}")
+    text = getattr(exc, "strerror", None) or exc
+    return f"session: cannot save {target.name}: {type(exc).__name__}: {text}{intact}"
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary files of writers that were killed (their pid is gone)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMP.match(name)
+        if match and not pid_alive(int(match.group(1))):
+            try:
+                os.unlink(folder / name)
+            except OSError:
+                pass
 
 
 def backup_path(path: Path) -> Path:
@@ -81,7 +174,8 @@ def _problem(header: bytes, data: bytes) -> str | None:
     if version != VERSION:
         return f"has format version {version}, this mlx-kv reads version {VERSION}"
     if len(data) != size:
-        return f"is truncated ({len(data)} of {size} bytes)"
+        return f"is truncated ({len(data)} of {size} bytes)" if len(data) < size else \
+            f"has {len(data) - size} bytes more than its header says"
     if hashlib.sha256(data).hexdigest() != digest:
         return "is corrupted (checksum mismatch)"
     return None
