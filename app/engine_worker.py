@@ -143,6 +143,7 @@ class EngineWorker:
         self._thread = threading.Thread(target=self._run, name="mlx-kv-engine", daemon=True)
         self._sample: Any | None = None
         self._current: Request | None = None
+        self._revisions: dict[str, int] = {}  # per saved name, the revision this instance last read or wrote
 
     # -- UI side -----------------------------------------------------------------
 
@@ -388,7 +389,10 @@ class EngineWorker:
             self.settings,
             model=session.model_name,
             snapshot=session.save,
+            # another instance that saved this name since we read it wins; we are told, and keep ours
+            expected_revision=self._revisions.get(req.name),
         )
+        self._revisions[req.name] = saved.revision
         self.post(M.EngineNotice(f"saved session {req.name!r} ({len(saved.transcript)} messages)"))
 
     def _resume(self, req: Resume) -> None:
@@ -396,17 +400,16 @@ class EngineWorker:
         if req.name is None:
             self.post(M.SessionList(store.list()))
             return
-        saved = store.load(req.name)
         cls = self._session_class()
+        saved, session = store.restore(req.name, lambda path: cls.restore(path, progress=self._note))
         settings = {**self.settings, **saved.settings}
-        if saved.snapshot_path:
-            session = cls.restore(saved.snapshot_path, progress=self._note)
-        else:
+        if session is None:
             session = cls.load(model=settings.get("model"), budget=settings.get("budget"), policy=settings.get("policy"),
                                progress=self._note, **(settings.get("options") or {}))
             if settings.get("system"):
                 session.set_system(settings["system"])
         self.session = session  # the old session is released only once the new one is up
         self.settings = settings
+        self._revisions[req.name] = saved.revision
         self._ready()
         self.post(M.SessionResumed(req.name, saved.transcript))

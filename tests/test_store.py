@@ -172,3 +172,18 @@ def test_delete(tmp_path):
     st.delete("s")
     assert st.list() == []
     assert not Path(saved.snapshot_path).parent.exists()
+
+
+def test_a_save_in_progress_in_another_instance_is_left_alone(tmp_path):
+    """Its temporary snapshot directory looks like no committed save: this
+    instance's save must neither sweep it as stale nor collect it as an orphan."""
+    st = SessionStore(tmp_path)
+    st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"one"))
+    busy = tmp_path / "snapshots" / f".tmp-{os.getpid()}-t-0123456789ab"  # a live pid, a fresh directory
+    busy.mkdir()
+    (busy / "heap.safetensors").write_bytes(b"being written")
+    orphan = tmp_path / "snapshots" / "u-0123456789ab"  # renamed by a writer killed before its commit
+    orphan.mkdir()
+    st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"two"))
+    assert busy.exists() and not orphan.exists()
+    assert len([p for p in (tmp_path / "snapshots").iterdir() if not p.name.startswith(".")]) == 1
