@@ -86,8 +86,9 @@ class ChatSession(Protocol):
 
     def observe_system(self, sample: Any) -> str | None:
         """The memory-guard hook: one probe sample (mlx_kv.system.SystemSample)
-        in; the budget change it caused, as one line, out (None: no change).
-        The session owns its guard."""
+        in; the budget change it caused, and any event the heap had with the
+        machine since the last call (its recovery tier found the disk full),
+        as one line, out (None: nothing to say). The session owns its guard."""
         ...
 
 

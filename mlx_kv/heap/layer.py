@@ -21,6 +21,8 @@ its budget; they free `collect_batch` extra slots so the next ones are
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict
 from typing import Any
@@ -33,7 +35,7 @@ from mlx_lm.models.cache import _BaseCache
 from mlx_kv.attention import attention_summary, grouped_attention, masked_attention, query_block, replay_weights
 from mlx_kv.heap.cold import ColdTier
 from mlx_kv.heap.collector import collect, compaction_order, noisy, tier_counts
-from mlx_kv.heap.recovery import RecoveryStore
+from mlx_kv.heap.recovery import RecoveryStore, lost_note
 from mlx_kv.heap.slots import SlotTable, slot_bytes
 from mlx_kv.policies import POLICIES, Policy, SlotView
 from mlx_kv.positions import CacheShifts, check_rope, key_shifts
@@ -112,6 +114,7 @@ class HeapKVCache(_BaseCache):
         self.rank_seconds = 0.0  # choosing victims and re-tenuring only
         self._reused: np.ndarray | None = None
         self.store: RecoveryStore | None = None
+        self.notes: list[str] = []  # one-line events for the user (the recovery tier lost its disk); drained by the session
         self._collect_pending = False
         self._info_fed = False
         self._replay: tuple[int, int, int] | None = None  # while a replay runs: its span's positions, tokens before it
@@ -433,9 +436,22 @@ class HeapKVCache(_BaseCache):
         if self.recovery:
             self.store = self._new_store()
 
-    def _new_store(self) -> RecoveryStore:
+    def _new_store(self) -> RecoveryStore | None:
         keys, values = self.slots.keys, self.slots.values
-        return RecoveryStore.from_settings(self.recovery, keys.shape[1], keys.shape[3], values.shape[3])
+        try:
+            return RecoveryStore.from_settings(self.recovery, keys.shape[1], keys.shape[3], values.shape[3])
+        except OSError as exc:
+            self.notes.append(lost_note(self.recovery.get("folder") or tempfile.gettempdir(), exc))
+            return None
+
+    def _drop_store(self, exc: OSError) -> None:
+        """The spill file cannot be written or read (a full disk): evicted tokens
+        are dropped from now on, as without the tier, and the user is told;
+        never an error in the middle of a forward pass, which would leave the
+        layers above this one a chunk behind it."""
+        self.notes.append(lost_note(os.path.dirname(self.store.path), exc))
+        self.store.close()  # frees what it held on the full disk
+        self.store = None
 
     def _capacity_for(self, needed: int) -> int:
         """Grow in steps like KVCache, but never past the budget unless a
@@ -520,7 +536,10 @@ class HeapKVCache(_BaseCache):
         all_keys, all_values = self._full_kv()
         keys = np.array(mx.take_along_axis(all_keys, idx, axis=2)[0].astype(mx.float32))
         values = np.array(mx.take_along_axis(all_values, idx, axis=2)[0].astype(mx.float32))
-        self.store.spill(positions[rows, victims], self.slots.rot[rows, victims], keys, values)
+        try:
+            self.store.spill(positions[rows, victims], self.slots.rot[rows, victims], keys, values)
+        except OSError as exc:
+            self._drop_store(exc)
 
     def _recall(self, queries: mx.array, n_new: int) -> None:
         """Bring back the spilled pages this chunk's last queries may attend to."""
@@ -528,7 +547,11 @@ class HeapKVCache(_BaseCache):
         rows = min(self.recovery["query_rows"], n_new)
         q = np.array(queries[0, :, -rows:, :].astype(mx.float32))  # (Hq, rows, D)
         q = q.reshape(H, -1, q.shape[-1])  # the query heads of each KV head's group
-        recalled = self.store.recall(q, self.recovery["recall_pages"])
+        try:
+            recalled = self.store.recall(q, self.recovery["recall_pages"])
+        except OSError as exc:
+            self._drop_store(exc)
+            return
         if recalled is None:
             return
         scores = self._host_scores()

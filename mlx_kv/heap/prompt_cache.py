@@ -162,3 +162,15 @@ def recovery_stats(cache: list[HeapKVCache]) -> dict[str, int] | None:
     if not stores:
         return None
     return {key: sum(s[key] for s in stores) for key in stores[0]}
+
+
+def take_notes(cache: list) -> list[str]:
+    """The layers' one-line events since the last call, each once (every layer
+    of a full disk says the same thing), in the order they happened."""
+    notes: list[str] = []
+    for layer in cache:
+        pending = getattr(layer, "notes", None)
+        if pending:
+            notes.extend(note for note in pending if note not in notes)
+            pending.clear()
+    return notes

@@ -10,7 +10,10 @@ the page from above without reading it. A question's queries rank the pages
 by that bound and the best pages are read back.
 
 Disk use is bounded: past `max_bytes`, the oldest pages are dropped and the
-file is rewritten with the rest.
+file is rewritten with the rest. A store whose file cannot be written (a
+full disk) raises OSError; the layer then closes it and evicts as if there
+were no tier (HeapKVCache._drop_store), so a full disk costs recall, never
+the session.
 """
 
 from __future__ import annotations
@@ -72,6 +75,15 @@ class PageTable:
         twin = PageTable(self.dtype["key_min"].shape[0])
         twin._rows, twin.n = self._rows[: self.n].copy(), self.n
         return twin
+
+
+def lost_note(folder: str, exc: OSError) -> str:
+    """The one line a user reads when the tier gives up its disk."""
+    from mlx_kv.storage import is_disk_full, room_note
+
+    why = f"no space left in {folder}{room_note(folder)}" if is_disk_full(exc, folder) else \
+        f"cannot use {folder}: {exc.strerror or exc}"
+    return f"recovery tier off: {why}; evicted tokens are dropped from now on (plain eviction)"
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
