@@ -9,6 +9,7 @@ streams are thread-local): the TUI runs one engine thread for it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -24,19 +25,22 @@ from mlx_kv.budget import kv_geometry
 from mlx_kv.chat_format import ChatFormat
 from mlx_kv.config import HeapConfig
 from mlx_kv.documents import read_document
-from mlx_kv.errors import UserError
+from mlx_kv.errors import DiskFull, UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
 from mlx_kv.generate import decode, make_sampler, prefill, replay_chunk
 from mlx_kv.guard import MemoryGuard
+from mlx_kv.heap.layer import HeapKVCache
 from mlx_kv.heap.prompt_cache import (counters, load_heap_cache, make_heap_cache, set_budgets, set_policy,
-                                      tier_totals, tokens_seen, total_bytes, wants_replay)
+                                      take_notes, tier_totals, tokens_seen, total_bytes, wants_replay)
 from mlx_kv.models import load_model
 from mlx_kv.policies import POLICIES
 from mlx_kv.replay import Replay
 from mlx_kv.session_file import read_session_payload, write_session_file
 from mlx_kv.sizes import parse_budget
+from mlx_kv.storage import is_disk_full, room_note
 
 PREFILL_CHUNK = 512
+log = logging.getLogger("mlx_kv.engine")
 SESSION_POSITIONS = "cache"  # long chats stay inside the trained positions
 
 
@@ -61,6 +65,7 @@ class Session:
         self._decode_tps = 0.0
         self._last_logits: mx.array | None = None
         self._guard: MemoryGuard | None = None  # made at the first probe sample
+        self._notes: list[str] = []  # the heap's events (a full disk), until observe_system hands them on
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -128,6 +133,7 @@ class Session:
         elapsed = time.perf_counter() - start
         if n:
             self._decode_tps = n / elapsed
+        self._collect_notes()
 
     # ---------------------------------------------------------------- documents
     def ingest(self, source: str, progress: Callable[[IngestProgress], None] | None = None,
@@ -179,7 +185,15 @@ class Session:
             if done:
                 self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
             self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])
+            self._collect_notes()
         return done
+
+    def _collect_notes(self) -> None:
+        """The heap's one-line events: logged now (the CLI's stderr), shown by
+        the app at its next observe_system call."""
+        for note in take_notes(self.cache):
+            log.warning(note)
+            self._notes.append(note)
 
     # ---------------------------------------------------------------- rendering
     def _messages(self) -> list[dict]:
@@ -219,8 +233,15 @@ class Session:
         self._guard = None  # the user's new budget is the one to restore to
 
     def set_layer_budgets(self, budgets: list[int]) -> None:
-        """Per-layer token budgets, applied at once (the memory guard uses this)."""
+        """Per-layer token budgets, applied at once (the memory guard uses this).
+
+        A smaller budget compacts the heap into smaller arrays at once; the old
+        ones would stay in MLX's buffer cache, still counted against the
+        machine (or the container's limit), so the cache is emptied then."""
+        shrinking = any(new < layer.budget for new, layer in zip(budgets, self.cache))
         set_budgets(self.cache, budgets)
+        if shrinking:
+            mx.clear_cache()
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
@@ -240,11 +261,14 @@ class Session:
 
     def observe_system(self, sample: Any) -> str | None:
         """Feed one probe sample to this session's memory guard (mlx_kv.guard);
-        returns the budget change it made, as one line, or None."""
+        returns the budget change it made and the heap's own events since the
+        last call (the recovery tier lost its disk), as one line, or None."""
         if self._guard is None:
             self._guard = MemoryGuard(self)
         event = self._guard.observe(sample)
-        return str(event) if event is not None else None
+        lines = ([str(event)] if event is not None else []) + self._notes
+        self._notes = []
+        return "; ".join(lines) or None
 
     def _heap_kwargs(self, keep_policy_args: bool = True) -> dict[str, Any]:
         """The current settings but budget and policy; a new policy starts from
@@ -353,7 +377,15 @@ class Session:
         fd, tmp = tempfile.mkstemp(suffix=".safetensors")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(payload)
+                try:
+                    f.write(payload)
+                except OSError as exc:  # mx.load reads files: the payload goes through a temporary one
+                    folder = os.path.dirname(tmp)
+                    if is_disk_full(exc, folder):
+                        raise DiskFull(f"session: cannot restore {os.path.basename(path)}: no space left in "
+                                       f"{folder}{room_note(folder)} for its temporary copy "
+                                       f"({len(payload) / 2**20:.1f} MiB; TMPDIR chooses where)") from None
+                    raise
             if model is None:
                 meta = _peek_metadata(tmp)
                 model, tokenizer, _ = load_model(meta.get("model") or None, progress)
@@ -365,17 +397,50 @@ class Session:
         finally:
             os.unlink(tmp)
         try:
-            config = HeapConfig(**json.loads(meta["config"]))
-            session = cls(model, tokenizer, config, meta.get("model_name", "model"), meta["model"] or None)
-            session.cache = cache
-            session.transcript = json.loads(meta["transcript"])
-            session.system = meta["system"] or None
-            session._fed_text = meta["fed_text"]
-            session._token_ids = array("i", json.loads(meta["token_ids"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"session: {path} holds incomplete session data ({exc})") from None
+            fields = _saved_fields(meta, cache, model)
+            session = cls(model, tokenizer, HeapConfig(**fields["config"]), fields["model_name"],
+                          fields["model"] or None)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise UserError(f"session: {path} holds incomplete session data ({_short(exc)})") from None
+        session.cache = cache
+        session.transcript = fields["transcript"]
+        session.system = fields["system"] or None
+        session._fed_text = fields["fed_text"]
+        session._token_ids = array("i", fields["token_ids"])
         session._last_logits = None
         return session
+
+
+def _saved_fields(meta: Any, cache: list, model: Any) -> dict[str, Any]:
+    """A save's metadata, checked whole before any of it is used: a session is
+    never built from part of one (a file that passes its checksum was still
+    written by someone, and a wrong field would fail much later, mid-chat)."""
+    if not isinstance(meta, dict):
+        raise ValueError("no session metadata")
+    config, transcript, token_ids = (json.loads(meta[key]) for key in ("config", "transcript", "token_ids"))
+    if not isinstance(config, dict):
+        raise ValueError("config is not a table")
+    if not isinstance(transcript, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in transcript):
+        raise ValueError("transcript is not a list of turns")
+    texts = {key: meta.get(key, "") for key in ("system", "fed_text", "model", "model_name")}
+    if not all(isinstance(v, str) for v in texts.values()):
+        raise ValueError("a text field is not text")
+    vocab = getattr(getattr(model, "args", None), "vocab_size", None) or 2**31
+    if not isinstance(token_ids, list) or not all(type(t) is int and 0 <= t < vocab for t in token_ids):
+        raise ValueError("token ids are not ids of this model's vocabulary")
+    layers = getattr(model, "layers", cache)
+    if len(cache) != len(layers) or not all(isinstance(c, HeapKVCache) for c in cache):
+        raise ValueError(f"{len(cache)} saved layer caches for a model of {len(layers)} layers")
+    if any(c.tokens_seen != len(token_ids) for c in cache):
+        raise ValueError("the heap and the record of its tokens disagree")
+    return {"config": config, "transcript": transcript, "token_ids": token_ids, **texts,
+            "model_name": texts["model_name"] or "model"}
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:120] or type(exc).__name__
 
 
 def _peek_metadata(path: str) -> dict:
