@@ -41,7 +41,7 @@ def installed_default() -> Path | None:
 def fetch_default(progress: Callable[[str], None] = lambda m: None, gguf: str | Path | None = None) -> Path:
     """Convert the default model into the cache unless it is there already;
     `gguf` skips the download (a copy of the file, e.g. from an earlier fetch)."""
-    from mlx_kv.gguf import convert_gguf, tenths_reporter
+    from mlx_kv.gguf import GGUFError, convert_gguf, tenths_reporter
 
     found = installed_default()
     if found is not None:
@@ -52,8 +52,13 @@ def fetch_default(progress: Callable[[str], None] = lambda m: None, gguf: str | 
         if gguf is not None and _sha256(source) != GGUF_SHA256:
             raise UserError(f"fetch: {source} is not the expected {DEFAULT_NAME} GGUF (its SHA-256 differs)")
         progress(f"converting {DEFAULT_NAME} to MLX")
-        out = convert_gguf(source, default_model_dir(), progress=tenths_reporter(DEFAULT_NAME, progress),
-                           note=progress)
+        try:
+            out = convert_gguf(source, default_model_dir(), progress=tenths_reporter(DEFAULT_NAME, progress),
+                               note=progress)
+        except GGUFError:
+            out = installed_default()  # a second mlx-kv (another terminal) converted it first
+            if out is None:
+                raise
     progress(f"{DEFAULT_NAME} is ready in {out}")
     return out
 

@@ -259,3 +259,41 @@ def test_sentencepiece_vocabularies_tokenize_as_sentencepiece_does():
         assert ids == sp.encode(text), text
         assert tokenizer.decode(ids) == sp.decode(ids)
     assert tokenizer.encode("hi").ids[0] == 1  # the BOS a llama tokenizer adds
+
+
+METADATA_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(), st.text(max_size=12),
+                            st.lists(st.integers(-5, 5), max_size=4), st.lists(st.text(max_size=4), max_size=4))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from([
+    "general.architecture", "llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
+    "llama.attention.head_count", "llama.attention.head_count_kv", "llama.attention.key_length",
+    "llama.attention.layer_norm_rms_epsilon", "llama.rope.freq_base", "llama.context_length",
+    "llama.rope.scaling.type", "llama.rope.scaling.factor", "tokenizer.ggml.model", "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
+    "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"]),
+    METADATA_VALUES, min_size=1, max_size=3))
+def test_fuzzed_metadata_values_fail_with_one_line_or_convert(llama_file, changes):
+    """A header that reads but whose values have the wrong type or size (what
+    a buggy converter writes): the config and tokenizer builders refuse it
+    with a GGUFError, never another exception. (The header fuzzer above
+    checks the reader; this checks what reads the metadata.)"""
+    from mlx_kv.gguf.convert import model_config
+    from mlx_kv.gguf.reader import GGUFFile
+    from mlx_kv.gguf.tokenizer import build_tokenizer
+
+    path, _ = llama_file
+    gguf = read_gguf(path)
+    meta = dict(gguf.metadata)
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    changed = GGUFFile(gguf.path, gguf.version, meta, gguf.tensors, gguf.size)
+    try:
+        model_config(changed)
+        build_tokenizer(changed)
+    except GGUFError as exc:
+        assert "\n" not in str(exc)

@@ -19,6 +19,7 @@ conversion that is killed leaves no half-written model behind.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -32,6 +33,7 @@ import numpy as np
 from mlx_kv.gguf.reader import GGUFError, GGUFFile, read_gguf
 from mlx_kv.gguf.tensors import Quantized, decode
 from mlx_kv.gguf.tokenizer import build_tokenizer, eos_token_ids
+from mlx_kv.storage import fsync_folder, is_disk_full, pid_alive, room_note
 
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 _PERMUTED = {"llama"}  # GGUF architectures whose q/k rows llama.cpp permuted
@@ -52,22 +54,25 @@ def model_config(gguf: GGUFFile) -> dict[str, Any]:
     """config.json for mlx-lm from the GGUF's metadata."""
     name = gguf.path.name
     arch = gguf.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise GGUFError(f"model: {name} is a {arch!r} model; supported GGUF architectures: "
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise GGUFError(f"model: {name} is a {str(arch)[:40]!r} model; supported GGUF architectures: "
                         f"{', '.join(sorted(ARCHITECTURES))}")
 
-    def need(key: str) -> Any:
-        value = gguf.get(f"{arch}.{key}")
+    def number(key: str, default: Any = None, whole: bool = True) -> Any:
+        """A metadata number, refused unless it is one finite number (a whole one for sizes)."""
+        value = gguf.get(f"{arch}.{key}", default)
         if value is None:
             raise GGUFError(f"model: {name} lacks the metadata {arch}.{key}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise GGUFError(f"model: {name} has {arch}.{key}={value!r}; expected one number")
-        return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (whole and value != int(value)):
+            kind = "one whole number" if whole else "one finite number"
+            raise GGUFError(f"model: {name} has {arch}.{key}={str(value)[:40]}; expected {kind}")
+        return int(value) if whole else value
 
-    heads = int(need("attention.head_count"))
-    hidden = int(need("embedding_length"))
+    heads = number("attention.head_count")
+    hidden = number("embedding_length")
     kv_heads = gguf.get(f"{arch}.attention.head_count_kv", heads)
-    if not isinstance(kv_heads, int):
+    if not isinstance(kv_heads, int) or isinstance(kv_heads, bool):
         raise GGUFError(f"model: {name} gives a KV head count per layer; mlx-kv needs one for all layers")
     embed = gguf.tensors.get("token_embd.weight")
     if embed is None:
@@ -75,22 +80,22 @@ def model_config(gguf: GGUFFile) -> dict[str, Any]:
     config: dict[str, Any] = {
         "model_type": ARCHITECTURES[arch],
         "hidden_size": hidden,
-        "num_hidden_layers": int(need("block_count")),
-        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": number("block_count"),
+        "intermediate_size": number("feed_forward_length"),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": int(gguf.get(f"{arch}.attention.key_length", hidden // max(1, heads))),
-        "rms_norm_eps": _short(gguf.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _short(gguf.get(f"{arch}.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(gguf.get(f"{arch}.context_length", 4096)),
+        "head_dim": number("attention.key_length", hidden // max(1, heads)),
+        "rms_norm_eps": _short(number("attention.layer_norm_rms_epsilon", 1e-5, whole=False)),
+        "rope_theta": _short(number("rope.freq_base", 10000.0, whole=False)),
+        "max_position_embeddings": number("context_length", 4096),
         "vocab_size": int(embed.shape[0]),
         "tie_word_embeddings": "output.weight" not in gguf.tensors,
     }
     scaling = gguf.get(f"{arch}.rope.scaling.type")
     if scaling == "linear":
-        config["rope_scaling"] = {"type": "linear", "factor": float(gguf.get(f"{arch}.rope.scaling.factor", 1.0))}
+        config["rope_scaling"] = {"type": "linear", "factor": float(number("rope.scaling.factor", 1.0, whole=False))}
     elif scaling not in (None, "none"):
-        raise GGUFError(f"model: {name} uses RoPE scaling {scaling!r}, which mlx-kv does not convert")
+        raise GGUFError(f"model: {name} uses RoPE scaling {str(scaling)[:40]!r}, which mlx-kv does not convert")
     if "rope_freqs.weight" in gguf.tensors:
         raise GGUFError(f"model: {name} carries per-dimension RoPE factors (Llama 3.1-style rope_freqs), "
                         "which mlx-kv does not convert yet; use the model's Hugging Face/MLX release")
@@ -192,8 +197,6 @@ def convert_weights(gguf: GGUFFile, config: dict[str, Any], progress: Progress |
 def convert_gguf(source: str | Path, out_dir: str | Path, progress: Progress | None = None,
                  note: Callable[[str], None] | None = None) -> Path:
     """Write the mlx-lm folder for `source` at `out_dir` (which must not exist)."""
-    import mlx.core as mx
-
     source, out_dir = Path(source), Path(out_dir)
     if out_dir.exists():
         raise GGUFError(f"convert: {out_dir} already exists; remove it or choose another folder")
@@ -202,11 +205,14 @@ def convert_gguf(source: str | Path, out_dir: str | Path, progress: Progress | N
     tokenizer, tokenizer_config = build_tokenizer(gguf)
     if "chat_template" not in tokenizer_config and note is not None:
         note(f"{source.name} has no chat template; chats will use a plain User/Assistant format")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out_dir)
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(out_dir)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+    except OSError as exc:
+        raise GGUFError(_write_failed(out_dir, exc)) from None
     try:
         weights, quantization, types = convert_weights(gguf, config, progress)
         if types.get("requantized") and note is not None:
@@ -217,18 +223,55 @@ def convert_gguf(source: str | Path, out_dir: str | Path, progress: Progress | N
         if quantization:
             config["quantization"] = config["quantization_config"] = quantization
         config["mlx_kv_source"] = {"gguf": source.name, "bytes": gguf.size, "tensor_types": dict(types)}
-        mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
+        _write_folder(partial, out_dir, weights, tokenizer, tokenizer_config, config)
         del weights
-        tokenizer.save(str(partial / "tokenizer.json"))
-        (partial / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1))
-        (partial / "config.json").write_text(json.dumps(config, indent=1))
         _check_loads(partial, source.name)
-        _fsync_tree(partial)
-        os.rename(partial, out_dir)
+        try:
+            _fsync_tree(partial)
+        except OSError as exc:
+            raise GGUFError(_write_failed(out_dir, exc)) from None
+        _publish(partial, out_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_folder(partial: Path, out_dir: Path, weights: dict[str, Any], tokenizer: Any,
+                  tokenizer_config: dict[str, Any], config: dict[str, Any]) -> None:
+    """The folder's files; a write that fails (a full disk, say) is one line."""
+    import mlx.core as mx
+
+    try:
+        mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
+        tokenizer.save(str(partial / "tokenizer.json"))
+        (partial / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1))
+        (partial / "config.json").write_text(json.dumps(config, indent=1))
+    except Exception as exc:  # noqa: BLE001 - OSError; MLX's RuntimeError and tokenizers' Exception keep no errno
+        shutil.rmtree(partial, ignore_errors=True)  # first, so the message tells the room there is without it
+        need = sum(int(w.nbytes) for w in weights.values())
+        raise GGUFError(_write_failed(out_dir, exc, need)) from None
+
+
+def _publish(partial: Path, out_dir: Path) -> None:
+    """Rename the finished folder into place; another process that finished
+    first (two terminals converting the same file) wins, and that is no error."""
+    try:
+        os.rename(partial, out_dir)
+    except OSError as exc:
+        if out_dir.exists():
+            raise GGUFError(f"convert: {out_dir} already exists; remove it or choose another folder") from None
+        raise GGUFError(_write_failed(out_dir, exc)) from None
+    fsync_folder(out_dir.parent)
+
+
+def _write_failed(out_dir: Path, exc: BaseException, need: int | None = None) -> str:
+    if is_disk_full(exc, out_dir.parent):
+        size = f" ({need / 2**20:.1f} MiB of weights)" if need else ""
+        return (f"convert: no space left in {out_dir.parent}{room_note(out_dir.parent)} for the converted "
+                f"model{size}")
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+    return f"convert: cannot write {out_dir}: {type(exc).__name__}: {text}"
 
 
 def _check_loads(folder: Path, name: str) -> None:
@@ -246,18 +289,8 @@ def remove_stale_partials(out_dir: Path) -> None:
     """Folders left by conversions that were killed (their process is gone)."""
     for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -39,6 +39,7 @@ def build_tokenizer(gguf: GGUFFile) -> tuple[Any, dict[str, Any]]:
     if kind is None or not isinstance(tokens, list) or not tokens:
         raise GGUFError(f"model: {name} has no tokenizer (tokenizer.ggml.model/tokens missing); "
                         "mlx-kv needs a GGUF that carries its tokenizer")
+    _check_metadata(gguf, tokens)
     types = gguf.get("tokenizer.ggml.token_type")
     types = [NORMAL] * len(tokens) if types is None else [int(t) for t in types]
     if len(types) != len(tokens):
@@ -53,6 +54,53 @@ def build_tokenizer(gguf: GGUFFile) -> tuple[Any, dict[str, Any]]:
     _add_special_tokens(tokenizer, tokens, types)
     config = _tokenizer_config(gguf, tokens, tokenizer)
     return tokenizer, config
+
+
+_TEXT_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template")
+_FLAG_KEYS = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix")
+_ID_KEYS = tuple(f"tokenizer.ggml.{k}_token_id" for k in ("bos", "eos", "eot", "eom", "unknown", "padding",
+                                                          "separator"))
+
+
+def _check_metadata(gguf: GGUFFile, tokens: list) -> None:
+    """Every tokenizer field, of the type and size the builders below read it
+    as: a damaged or foreign file is refused here in one line, not by a
+    TypeError deep inside (tests/test_gguf.py fuzzes these values)."""
+    import numpy as np
+
+    name, n = gguf.path.name, len(tokens)
+
+    def bad(key: str, what: str) -> GGUFError:
+        return GGUFError(f"model: {name} has a damaged {key} ({what})")
+
+    def numbers(value: Any, kinds: str) -> bool:
+        if isinstance(value, np.ndarray):
+            return value.ndim == 1 and value.dtype.kind in kinds
+        allowed = (int,) if kinds == "iu" else (int, float)
+        return isinstance(value, list) and all(isinstance(v, allowed) and not isinstance(v, bool) for v in value)
+
+    if not all(isinstance(t, str) for t in tokens):
+        raise bad("tokenizer.ggml.tokens", "not all of them are text")
+    for key in _TEXT_KEYS:
+        if gguf.get(key) is not None and not isinstance(gguf.get(key), str):
+            raise bad(key, "not text")
+    for key in _FLAG_KEYS:
+        if gguf.get(key) is not None and not isinstance(gguf.get(key), (bool, int)):
+            raise bad(key, "not a flag")
+    for key in _ID_KEYS:
+        value = gguf.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n):
+            raise bad(key, f"not one of the {n} token ids")
+    for key, kinds in (("tokenizer.ggml.token_type", "iu"), ("tokenizer.ggml.scores", "iuf")):
+        value = gguf.get(key)
+        if value is not None and not (numbers(value, kinds) and len(value) == n):
+            raise bad(key, f"not {n} numbers")
+    merges = gguf.get("tokenizer.ggml.merges")
+    if merges is not None and not (isinstance(merges, list) and all(isinstance(m, str) for m in merges)):
+        raise bad("tokenizer.ggml.merges", "not a list of text")
+    scores = gguf.get("tokenizer.ggml.scores")
+    if scores is not None and not np.isfinite(np.asarray(scores, dtype=np.float64)).all():
+        raise bad("tokenizer.ggml.scores", "not finite")
 
 
 def _byte_level_bpe(gguf: GGUFFile, tokens: list[str]):
@@ -156,7 +204,7 @@ def _tokenizer_config(gguf: GGUFFile, tokens: list[str], tokenizer) -> dict[str,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
         "add_bos_token": add_bos,
-        "model_max_length": int(gguf.get(f"{gguf.get('general.architecture')}.context_length", 4096)),
+        "model_max_length": _context_length(gguf),
     }
     for field, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                        ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
@@ -167,6 +215,11 @@ def _tokenizer_config(gguf: GGUFFile, tokens: list[str], tokenizer) -> dict[str,
     if isinstance(template, str) and template.strip():
         config["chat_template"] = template
     return config
+
+
+def _context_length(gguf: GGUFFile) -> int:
+    value = gguf.get(f"{gguf.get('general.architecture')}.context_length", 4096)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 4096
 
 
 def eos_token_ids(gguf: GGUFFile) -> list[int]:
