@@ -9,6 +9,7 @@ heap then reports.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +60,19 @@ def weights_bytes(model: Any) -> int:
 
 def available_memory() -> int:
     """Memory the heap may plan on: free memory now (psutil), capped on macOS
-    by MLX's recommended working set."""
+    by MLX's recommended working set and on Linux by the memory cgroup's room
+    (a container's limit, not the host's free memory, is where the OOM killer
+    acts; mlx_kv.system.cgroup)."""
     import psutil
 
     available = psutil.virtual_memory().available
+    if sys.platform.startswith("linux"):
+        from mlx_kv.system.cgroup import cgroup_memory
+        from mlx_kv.system.linux import read_text
+
+        group = cgroup_memory(read_text)
+        if group is not None:
+            available = min(available, group.available)
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     recommended = info.get("max_recommended_working_set_size") if isinstance(info, dict) else None
     if recommended:

@@ -7,7 +7,7 @@ import re
 from typing import Callable
 
 from mlx_kv.system.rules import pressure_from_available, pressure_from_psi, worst
-from mlx_kv.system.reading import THERMALS
+from mlx_kv.system.reading import PRESSURES, THERMALS
 
 # Fallbacks when a thermal zone has no usable trip points (degrees C).
 _TEMP_FAIR = 80.0
@@ -172,6 +172,8 @@ def linux_fields(read: Callable[[str], str | None], proc: str, sys_root: str,
         out["pressure"] = pressure_from_available(available, total)
         raw["pressure_source"] = "meminfo" if out["pressure"] != "unknown" else None
 
+    _apply_cgroup(out, raw, read, proc)
+
     vm = parse_vmstat(read(f"{proc}/vmstat") or "")
     if "pswpout" in vm:
         raw["pswpout"] = vm["pswpout"]
@@ -180,3 +182,26 @@ def linux_fields(read: Callable[[str], str | None], proc: str, sys_root: str,
     out["thermal"], traw = linux_thermal(sys_root, read, listdir)
     raw.update(traw)
     return out
+
+
+def _apply_cgroup(out: dict, raw: dict, read: Callable[[str], str | None], proc: str) -> None:
+    """Inside a memory-limited cgroup its limit is the RAM that counts, and
+    its pressure (PSI, or the share of the limit still free: without swap
+    the OOM killer comes before the stalls) joins the machine's."""
+    from mlx_kv.system.cgroup import cgroup_memory  # (it reads PSI with parse_psi from here)
+
+    group = cgroup_memory(read, proc)
+    if group is None:
+        return
+    raw["cgroup"] = {"version": group.version, "path": group.path, "limit": group.limit, "usage": group.usage,
+                     "reclaimable": group.reclaimable, "psi_some_avg10": group.psi.get("some_avg10"),
+                     "psi_full_avg10": group.psi.get("full_avg10")}
+    out["ram_total"] = min(out.get("ram_total") or group.limit, group.limit)
+    out["ram_used"] = min(group.used, out["ram_total"])
+    levels = [out.get("pressure", "unknown"), pressure_from_available(group.available, group.limit)]
+    if "some_avg10" in group.psi or "full_avg10" in group.psi:
+        levels.append(pressure_from_psi(group.psi.get("some_avg10"), group.psi.get("full_avg10")))
+    pressure = worst(levels, PRESSURES)
+    if pressure != out.get("pressure"):
+        raw["pressure_source"] = "cgroup"
+    out["pressure"] = pressure
