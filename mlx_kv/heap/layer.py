@@ -142,8 +142,9 @@ class HeapKVCache(_BaseCache):
         if not self.slots.allocated:
             self._allocate(keys, values, n_new)
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
-            # Full: collect on the scores gathered so far, before the token lands.
-            self._collect()
+            # Full: collect on the scores gathered so far, before the token lands,
+            # freeing collect_batch slots so the next collection is that many steps away.
+            self._collect(slack=True)
         if n_new == 1 and self._free and self.slots.cold is None:
             self._write_into_dead_slot(keys, values, self._free.pop())
         else:
@@ -482,19 +483,23 @@ class HeapKVCache(_BaseCache):
     def _host_scores(self) -> np.ndarray:
         return self.policy.score(SlotView(self.slots.host_view(self.end, self.policy.reads), self.tokens_seen))
 
-    def _collect(self) -> None:
+    def _collect(self, slack: bool = False) -> None:
+        """Evict down to the budget; with `slack` (decoding), collect_batch
+        more, so decoding collects once per batch. A chunk's collection keeps
+        exactly the budget: the next chunk collects anyway, and a document
+        compressed once keeps what its budget says."""
         started = time.perf_counter()
         try:
-            self._collect_inner()
+            self._collect_inner(self.collect_batch if slack else 0)
         finally:
             self.collect_seconds += time.perf_counter() - started
 
-    def _collect_inner(self) -> None:
+    def _collect_inner(self, slack: int) -> None:
         end = self.end
         scores = self._host_scores()
         if self.rank_noise > 0:
             scores = noisy(scores, self.slots.positions[:, :end], self.rank_noise, self._rng)
-        n_evict = self.live - (self.budget - self.collect_batch)
+        n_evict = self.live - (self.budget - slack)
         major = (self.collections + 1) % self.major_every == 0
         positions, tenured, survived = (a[:, :end] for a in (self.slots.positions, self.slots.tenured, self.slots.survived))
         before = positions.copy() if self.store is not None else None
