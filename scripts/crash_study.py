@@ -8,8 +8,8 @@ SQLite store with its snapshot, a GGUF conversion); a child is killed just
 before each of them (strace), then `--random` more times at random moments;
 after every kill the data is loaded as the next start would load it
 (tests/crash_harness.py). Prints one JSON line per kill and a Markdown
-table: kills, which save loaded, acknowledged saves byte-identical, bytes
-lost, leftovers and whether the next save removed them.
+table: kills, which save loaded, acknowledged saves byte-identical,
+acknowledged saves lost or changed, leftovers and whether the next save removed them.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def study(target: str, work: Path, model_dir: Path, gguf: Path, loaded: tuple, n
 
 def table(records: list[dict]) -> str:
     lines = ["| target | kills | at a syscall / random | loaded: last acknowledged / the one in flight | "
-             "acknowledged byte-identical | bytes lost | left litter / removed by the next save | problems |",
+             "acknowledged byte-identical | acknowledged saves lost or changed | left litter / removed by the next save | problems |",
              "|---|---|---|---|---|---|---|---|"]
     for target in ("session", "store", "convert"):
         rs = [r for r in records if r["target"] == target]
@@ -81,11 +81,13 @@ def table(records: list[dict]) -> str:
         else:
             loaded = f"{sum(r['loaded'] == r['acked'] for r in rs)} / {sum(r['loaded'] == r['acked'] + 1 for r in rs)}"
             exact = f"{sum(r['exact'] is True for r in rs)} of {sum(r['loaded'] == r['acked'] for r in rs)}"
-        lost = sum(1 for r in rs if r.get("exact") is False or r.get("complete") is False)
+        lost = sum(1 for r in rs if r.get("exact") is False or r.get("complete") is False
+                   or ("loaded" in r and r["loaded"] < r["acked"]))
         litter = sum(1 for r in rs if r["litter"])
+        removed = sum(1 for r in rs if r["litter"] and not any(p.startswith("the next") for p in r["problems"]))
         problems = sum(1 for r in rs if r["problems"])
         lines.append(f"| {target} | {killed} of {len(rs)} | {kinds['point']} / {kinds['random']} | {loaded} | "
-                     f"{exact} | {lost} | {litter} / {litter} | {problems} |")
+                     f"{exact} | {lost} | {litter} / {removed} | {problems} |")
     return "\n".join(lines)
 
 

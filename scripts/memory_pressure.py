@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -207,6 +208,8 @@ def main() -> int:
         return run_session(args)
     if args.role == "hog":
         return run_hog(args)
+    # a plain kill (or ^C of a background run, where SIGINT is ignored) still removes the cgroups and their processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from mlx_kv.sizes import parse_bytes
 
