@@ -8,9 +8,11 @@ streams are thread-local): the TUI runs one engine thread for it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -235,13 +237,18 @@ class Session:
     def set_layer_budgets(self, budgets: list[int]) -> None:
         """Per-layer token budgets, applied at once (the memory guard uses this).
 
-        A smaller budget compacts the heap into smaller arrays at once; the old
-        ones would stay in MLX's buffer cache, still counted against the
-        machine (or the container's limit), so the cache is emptied then."""
+        A smaller budget compacts the heap into smaller arrays at once. The
+        old ones would stay in MLX's buffer cache, and once freed, in the C
+        allocator's arenas: either way still resident and charged to the
+        machine (or the container's limit). So the cache is emptied and the
+        allocator trimmed (measured on the default
+        model, budget 4096 -> 2048: RSS 982 MB before and after without the
+        trim, 733 MB with it; scripts/memory_pressure.py)."""
         shrinking = any(new < layer.budget for new, layer in zip(budgets, self.cache))
         set_budgets(self.cache, budgets)
         if shrinking:
             mx.clear_cache()
+            release_freed_memory()
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
@@ -409,6 +416,19 @@ class Session:
         session._token_ids = array("i", fields["token_ids"])
         session._last_logits = None
         return session
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim);
+    False where there is no such call (macOS, musl), which return them by themselves or not at all."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def _saved_fields(meta: Any, cache: list, model: Any) -> dict[str, Any]:

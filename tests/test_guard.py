@@ -48,3 +48,23 @@ def test_the_session_owns_its_guard_and_a_new_budget_resets_it(tiny_model_dir):
     session.observe_system(FakeSample("warn"))
     session.clear()  # a fresh heap at the user's budget, and a fresh guard
     assert session.cache[0].budget == 300 and session.observe_system(FakeSample()) is None
+
+
+def test_a_tightened_heap_gives_its_memory_back_to_the_kernel(tiny_model_dir, monkeypatch):
+    """Shrinking empties MLX's cache and trims the C heap (without the trim the
+    freed arrays stayed resident: the default model's RSS did not move when the
+    guard halved a 4096-token heap); growing does neither."""
+    import mlx.core as mx
+
+    import mlx_kv.engine as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(mx, "clear_cache", lambda: calls.append("clear"))
+    session = Session.load(str(tiny_model_dir), budget=400, window=16)
+    session.ingest(" ".join(f"w{i % 90}" for i in range(600)))
+    session.set_layer_budgets([200] * len(session.cache))
+    assert calls == ["clear", "trim"] and session.cache[0].slots.capacity <= 200
+    session.set_layer_budgets([400] * len(session.cache))
+    assert calls == ["clear", "trim"]
+
