@@ -222,6 +222,8 @@ def main() -> int:
     parser.add_argument("--hog-mb", type=int, default=0, help="(hog) what it allocates; the parent sizes it")
     parser.add_argument("--hold", type=float, default=25.0, help="seconds the hog holds its memory")
     parser.add_argument("--hog-step-s", type=float, default=1.0, help="seconds between the hog's 16 MiB steps")
+    parser.add_argument("--heap-mb", type=float, default=0.0,
+                        help="with --limit: the full heap's size from an earlier run, which skips the run alone")
     parser.add_argument("--out", default="runs/pressure")
     args = parser.parse_args()
     if args.role == "session":
@@ -235,12 +237,15 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    alone = measure_alone(args, out)
-    records = [json.loads(line) for line in (out / "alone.jsonl").read_text().splitlines() if line.startswith("{")]
-    heap = max(r.get("heap_mb", 0) for r in records if r.get("role") == "session")
+    if args.limit != "auto" and args.heap_mb:  # a repeat of an earlier measurement: no run alone
+        alone, records, heap = None, [], args.heap_mb
+    else:
+        alone = measure_alone(args, out)
+        records = [json.loads(line) for line in (out / "alone.jsonl").read_text().splitlines() if line.startswith("{")]
+        heap = max(r.get("heap_mb", 0) for r in records if r.get("role") == "session")
     # what the session itself holds (the cgroup's usage less its reclaimable file pages, as the probe counts it);
     # the cgroup's peak also counts the page cache of reading the model, which the kernel drops before any kill
-    used = max(r.get("used_mb", 0) for r in records if r.get("role") == "session")
+    used = max((r.get("used_mb", 0) for r in records if r.get("role") == "session"), default=None)
     # the limit: the session alone plus a hog that fits only if the heap gives back half of itself
     limit = parse_bytes(args.limit, "limit") if args.limit != "auto" else int((used + 400) * MiB)
     summary = {"session_alone_peak_mb": alone, "session_alone_used_mb": used, "full_heap_mb": heap,
