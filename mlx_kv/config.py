@@ -128,6 +128,9 @@ class HeapConfig:
         _positive_int("recovery_pages", self.recovery_pages)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "adaptive" and not self.make_policy().replays:
+            raise ValueError(f"allocation: 'adaptive' moves the budget by replay scores; policy {self.policy!r} "
+                             "does not replay (use kvzip)")
         if self.allocation == "entropy" and not self.profile:
             raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")
         if self.cold_bits is not None and (isinstance(self.cold_bits, bool) or self.cold_bits not in (4, 8)):
