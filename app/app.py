@@ -43,6 +43,7 @@ from app.screens.main import MainScreen
 from app.store import SessionStore, data_dir
 from app.widgets.chat_input import ChatInput
 from app.widgets.reply_message import ReplyMessage
+from app.widgets.user_message import UserMessage
 from mlx_kv.system import SystemProbe, SystemSample, unknown_sample
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class MlxKvApp(App):
         self._reply: ReplyMessage | None = None
         self._probing = False
         self._busy_what = ""
+        self._queued: dict[int, UserMessage] = {}  # sent messages the engine has not taken up yet
+        self._next_ident = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -174,9 +177,13 @@ class MlxKvApp(App):
         if isinstance(parsed, C.ChatText):
             if not parsed.text.strip():
                 return
-            await chat.add_user(parsed.text)
+            widget = await chat.add_user(parsed.text)
+            if self.engine.busy:
+                widget.add_class("queued")
             self._note_queue()
-            self.engine.submit(Chat(parsed.text, self.max_tokens))
+            self._next_ident += 1
+            self._queued[self._next_ident] = widget
+            self.engine.submit(Chat(parsed.text, self.max_tokens, ident=self._next_ident))
             return
         await self.run_command(parsed)
 
@@ -230,6 +237,12 @@ class MlxKvApp(App):
 
     @ui_handler
     async def on_reply_started(self, message: M.ReplyStarted) -> None:
+        # A message sent while something else ran (a /load) is shown where the
+        # engine took it up: after that work's own lines, right above its reply.
+        widget = self._queued.pop(message.ident, None)
+        if widget is not None and widget.is_attached:
+            self.main.chat.move_to_end(widget)
+            widget.remove_class("queued")
         self._reply = await self.main.chat.add_reply()
 
     @ui_handler

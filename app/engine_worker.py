@@ -53,6 +53,7 @@ class Load:
 class Chat:
     text: str
     max_tokens: int = 512
+    ident: int = 0  # the UI's handle on the message widget, echoed in ReplyStarted
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,7 @@ class EngineWorker:
         self.post(M.EngineNotice(_one_line(str(text))))
 
     def _chat(self, session: ChatSession, req: Chat) -> None:
-        self.post(M.ReplyStarted(req.text))
+        self.post(M.ReplyStarted(req.text, req.ident))
         start = last_flush = last_stats = time.monotonic()
         pieces = 0
         pending: list[str] = []

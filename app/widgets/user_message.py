@@ -14,6 +14,7 @@ class UserMessage(Static):
         background: $primary 15%;
         border-left: thick $primary;
     }
+    UserMessage.queued { border-left: dashed $primary; color: $text-muted; }
     """
 
     def __init__(self, text: str) -> None:
