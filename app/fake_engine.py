@@ -258,7 +258,9 @@ class FakeSession:
         self.transcript.append({"role": "document", "content": text, "source": path.name})
         self._check_room(total, path.name)
         start = time.monotonic()
-        first = self.tokens_seen
+        span = {"kind": "document", "source": path.name, "turn": len(self.transcript) - 1,
+                "start": self.tokens_seen, "stop": self.tokens_seen}
+        self.spans.append(span)  # grows as it is read, like the engine's
         done = 0
         try:
             while done < total:
@@ -269,6 +271,7 @@ class FakeSession:
                 step = min(self.ingest_chunk, total - done)
                 self._see(words[done: done + step])
                 done += step
+                span["stop"] = self.tokens_seen
                 elapsed = max(time.monotonic() - start, 1e-6)
                 tps = done / elapsed
                 self._prefill_tps = tps
@@ -277,9 +280,8 @@ class FakeSession:
         finally:
             if done < total:
                 self.transcript[-1].update(content="".join(words[:done]), partial=True)
-            if done:
-                self.spans.append({"kind": "document", "source": path.name, "turn": len(self.transcript) - 1,
-                                   "start": first, "stop": self.tokens_seen})
+            if not done:
+                self.spans.remove(span)
         return IngestResult(done, time.monotonic() - start, path.name)
 
     def heap_stats(self) -> HeapStats:

@@ -106,9 +106,10 @@ class Session:
         detok.reset()
         entry = {"role": "assistant", "content": ""}
         self.transcript.append(entry)
-        first, fed = len(self._token_ids), len(self._fed_text)
+        written = self._open_span("assistant", "")
         try:
             for token in self._decode(max_tokens, cancel, temperature):
+                written["stop"] = len(self._token_ids)
                 reply.append(token)
                 detok.add_token(token)
                 piece = detok.last_segment
@@ -122,7 +123,7 @@ class Session:
                 yield tail
         finally:
             self._fed_text += self.tokenizer.decode(reply)
-            self._record_span("assistant", "", first, fed)
+            self._close_span(written)
             if reply and wants_replay(self.cache):  # the reply's tokens are scored like any chunk's
                 replay_chunk(self.model, self.cache, self.replay, reply, None)
 
@@ -177,10 +178,12 @@ class Session:
         total = len(tokens)
         start = time.perf_counter()
         before = len(self._token_ids)
-        fed_before = len(self._fed_text)
+        read = self._open_span(*span) if span is not None else None
 
         def after_chunk(consumed: int) -> None:
             self._token_ids.extend(tokens[len(self._token_ids) - before:consumed])
+            if read is not None:
+                read["stop"] = len(self._token_ids)
             if progress is not None:
                 tps = consumed / max(time.perf_counter() - start, 1e-9)
                 progress(IngestProgress(consumed, total, tps, (total - consumed) / tps if tps else 0.0))
@@ -197,15 +200,22 @@ class Session:
             if done:
                 self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
             self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])
-            if span is not None:
-                self._record_span(span[0], span[1], before, fed_before)
+            if read is not None:
+                self._close_span(read)
         return done
 
-    def _record_span(self, kind: str, source: str, first: int, fed_before: int) -> None:
-        """The positions [first, now) fed the newest transcript entry (nothing when none were fed)."""
-        if len(self._token_ids) > first:
-            self.spans.append({"kind": kind, "source": source, "turn": len(self.transcript) - 1,
-                               "start": first, "stop": len(self._token_ids), "fed": fed_before})
+    def _open_span(self, kind: str, source: str) -> dict:
+        """The positions the newest transcript entry feeds, from here on; it
+        grows as tokens are consumed, so a map taken meanwhile sees them."""
+        span = {"kind": kind, "source": source, "turn": len(self.transcript) - 1,
+                "start": len(self._token_ids), "stop": len(self._token_ids), "fed": len(self._fed_text)}
+        self.spans.append(span)
+        return span
+
+    def _close_span(self, span: dict) -> None:
+        span["stop"] = len(self._token_ids)
+        if span["stop"] == span["start"] and span in self.spans:
+            self.spans.remove(span)  # nothing was fed
 
     def _limit(self) -> int:
         """Tokens the smallest layer keeps: past it the heap would evict."""
