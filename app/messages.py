@@ -39,6 +39,7 @@ class ReplyStarted(Message):
 
     prompt: str
     ident: int = 0
+    regenerated: bool = False  # a new answer to the last message: the old reply goes
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ReplyDone(Message):
     prompt_tokens: int | None = None
     reply_tokens: int | None = None
     note: str = ""  # why it ended early, when the engine knows ("the context is full")
+    error: str = ""  # the one-line error that ended it (also posted as EngineError)
 
 
 @dataclass
@@ -109,10 +111,11 @@ class EngineError(Message):
 
 
 @dataclass
-class SessionResumed(Message):
-    """A saved conversation is open again: its transcript, and what each turn cost."""
+class ConversationOpened(Message):
+    """The conversation on screen is now this one (a saved one reopened, or a
+    new one: name None, empty transcript), with what each turn cost."""
 
-    name: str
+    name: str | None
     transcript: list[dict]
     memory: MemoryMap | None = None
 
@@ -143,15 +146,18 @@ class ModelProgress(Message):
 
 
 @dataclass
-class DriftSampled(Message):
-    """One shadow comparison: KL and top-1 agreement of heap vs full cache, and what it cost."""
+class DriftUpdate(Message):
+    """A drift sample (KL and top-1 agreement, heap vs a full-cache shadow, and
+    what the shadow cost), or, without one, `note` says why none was taken."""
 
-    kl: float
-    top1_agree: float
-    tokens: int
-    seconds: float
-    exact: bool
-    every_s: float = 0.0  # the pause before the next sample that keeps the cost bounded
+    mode: str
+    kl: float | None = None
+    top1_agree: float | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+    exact: bool = False  # the shadow re-read the whole session
+    gap_s: float = 0.0  # the pause before the next sample that keeps shadows within the duty share
+    note: str = ""
 
 
 @dataclass

@@ -244,7 +244,7 @@ async def test_engine_errors_are_one_line_messages(tmp_path):
 
 async def test_engine_bug_is_reported_not_raised(tmp_path):
     class Buggy(FakeSession):
-        def chat(self, message, max_tokens=512, cancel=None):
+        def chat(self, message, max_tokens=512, cancel=None, temperature=0.0):
             yield "partial "
             raise ZeroDivisionError("oops")
 
@@ -291,8 +291,9 @@ async def test_save_and_resume(tmp_path):
         await wait_for(pilot, lambda: replies(app) and not replies(app)[0].streaming, what="reply")
         await type_line(pilot, "/save mysession")
         await wait_for(pilot, lambda: any("saved session 'mysession'" in l for l in app.main.chat.lines()), what="saved")
-        await type_line(pilot, "/clear")
-        await wait_for(pilot, lambda: "conversation cleared, heap emptied" in app.main.chat.lines(), what="clear")
+        await type_line(pilot, "/new")
+        await wait_for(pilot, lambda: any(l.startswith("new conversation") for l in app.main.chat.lines()), what="new")
+        assert app.engine.session.transcript == [] and app.engine.session.system == ""
         await type_line(pilot, "/resume")
         await wait_for(pilot, lambda: any("mysession" in l for l in app.main.chat.lines("help")), what="list")
         await type_line(pilot, "/resume mysession")
