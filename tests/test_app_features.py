@@ -584,3 +584,12 @@ async def test_help_lists_every_key_and_command(tmp_path):
         assert "Ctrl+P" in plain and "Shift+Enter" in plain
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+
+
+def test_short_times_for_the_list():
+    from app.format import when
+
+    now = time.mktime((2026, 12, 1, 15, 0, 0, 0, 0, -1))
+    assert when(now - 3600, now) == "today 14:00"
+    assert when(time.mktime((2026, 3, 9, 8, 5, 0, 0, 0, -1)), now) == "09 Mar 08:05"
+    assert when(time.mktime((2025, 3, 9, 8, 5, 0, 0, 0, -1)), now) == "09 Mar 2025"

@@ -9,8 +9,6 @@ them with the engine's saves.
 
 from __future__ import annotations
 
-import time
-
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,7 +26,7 @@ class ConversationsScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     ConversationsScreen { align: center middle; }
     ConversationsScreen > Vertical {
-        width: 96; max-width: 95%; height: 80%;
+        width: 112; max-width: 95%; height: 80%;
         border: round $accent; background: $surface; padding: 0 1;
     }
     ConversationsScreen #conv-title { text-style: bold; color: $accent; margin-bottom: 1; }
@@ -83,7 +81,7 @@ class ConversationsScreen(ModalScreen[None]):
                 row.model or "?",
                 F.count(row.tokens) if row.tokens is not None else "?",
                 str(row.messages) if row.messages is not None else "?",
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated)),
+                F.when(row.updated),
                 key=row.name,
             )
         if not self.rows:
