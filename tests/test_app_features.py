@@ -356,6 +356,7 @@ async def test_the_remembers_view_shows_kept_evicted_and_pillars_as_it_changes(t
         assert kept[400] > 0.9  # the needle: every pair's score is high
         summary = screen.query_one("#rem-summary").visual.plain
         assert "8 layers × 2 KV heads = 16 pairs" in summary and f"{span.kept:.0%}" in summary
+        assert f"by none {sum(1 for k in kept if k == 0):,} tokens" in summary
         styles = {s.style for s in render_spans([span], app.last_pillars).spans}
         assert STYLES["none"] in styles and STYLES["all"] in styles and STYLES["pillar"] in styles
         options = screen.query_one("OptionList")
@@ -368,7 +369,8 @@ async def test_the_remembers_view_shows_kept_evicted_and_pillars_as_it_changes(t
         # the conversation
         await app.handle_line("what number?")  # sent while the view is up
         await answered(app, pilot)
-        options.highlighted = options.option_count - 1
+        await wait_for(pilot, lambda: options.option_count == 3, what="the conversation listed")
+        options.highlighted = 2
         await wait_for(pilot, lambda: text.spans and text.spans[0].kind == "user", what="conversation")
         await pilot.pause(0.1)
         assert "── you · 2 tokens" in text.visual.plain and "── reply ·" in text.visual.plain

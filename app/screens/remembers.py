@@ -21,7 +21,7 @@ from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from app import format as F
-from app.widgets.memory_text import MemoryText, legend
+from app.widgets.memory_text import MemoryText, legend, shade
 from mlx_kv.events import MemoryMap, SpanMemory
 
 CONVERSATION = "conversation"
@@ -121,9 +121,14 @@ class RemembersScreen(Screen):
         length = sum(s.length for s in spans)
         kept = sum(s.kept * s.length for s in spans) / length if length else 0.0
         what = spans[0].source if self.choice != CONVERSATION else "the conversation"
-        gone = sum(1 for s in spans for k in (s.tokens.kept if s.tokens else ()) if k == 0)
+        counts = {"all": 0, "most": 0, "some": 0, "none": 0}
+        for s in spans:
+            for k in (s.tokens.kept if s.tokens else ()):
+                counts[shade(k)] += 1
         summary = (f"{what}: {length:,} tokens · each (layer, KV head) pair still holds {kept:.0%} of them on average "
-                   f"({m.layers} layers × {m.heads} KV heads = {m.pairs} pairs) · {gone:,} tokens no pair keeps")
+                   f"({m.layers} layers × {m.heads} KV heads = {m.pairs} pairs)\n"
+                   f"kept by every pair {counts['all']:,} · by at least half {counts['most']:,} · by some "
+                   f"{counts['some']:,} · by none {counts['none']:,} tokens")
         self.query_one("#rem-summary", Static).update(summary)
         self.query_one(MemoryText).show(spans, self.pillars, headings=self.choice == CONVERSATION)
 
