@@ -286,7 +286,7 @@ async def test_the_context_bar_and_the_eviction_lines(tmp_path):
         await wait_for(pilot, lambda: any(l.startswith("loaded report.md") for l in app.main.chat.lines()), what="loaded")
         await wait_for(pilot, lambda: "report.md 51% evicted" in app.main.context_bar.plain, what="bar")
         text = app.main.context_bar.plain
-        assert "read 2,100 · kept 1,024 (49%) · budget 1,024 tokens per layer" in text
+        assert "read 2,100 · kept 1,024 (49%) · budget 1,024/layer" in text
         assert "the heap evicts by h2o" in text
         assert ContextBar.cells(1500, 1024, 1024, 15) == "█" * 10 + "▒" * 5
         announced = [l for l in app.main.chat.lines() if l.startswith("report.md:")]

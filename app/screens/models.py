@@ -26,7 +26,7 @@ class ModelsScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     ModelsScreen { align: center middle; }
     ModelsScreen > Vertical {
-        width: 110; max-width: 95%; height: 85%;
+        width: 130; max-width: 95%; height: 85%;
         border: round $accent; background: $surface; padding: 0 1;
     }
     ModelsScreen #models-title { text-style: bold; color: $accent; margin-bottom: 1; }

@@ -26,7 +26,7 @@ MODES = {"heap": "the heap evicts", "stop": "stop at the budget", "rolling": "a 
 
 class ContextBar(Static):
     DEFAULT_CSS = """
-    ContextBar { height: 2; padding: 0 1; color: $text-muted; }
+    ContextBar { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, **kwargs) -> None:
@@ -83,7 +83,7 @@ class ContextBar(Static):
             style = {KEPT: F.fraction_style(kept / budget if budget else None), EVICTED: "$error 70%", ROOM: "$text-muted"}
             parts += [(ch, style[ch]) for ch in chars]
             share = f" ({kept / seen:.0%})" if seen else ""
-            parts += [f" read {F.count(seen)} · kept {F.count(kept)}{share} · budget {F.count(budget)} tokens per layer\n",
+            parts += [f" read {F.count(seen)} · kept {F.count(kept)}{share} · budget {F.count(budget)}/layer\n",
                       ("When full: ", "bold"), (MODES.get(overflow, overflow), "$accent")]
             if overflow == "stop":
                 parts.append(f" (room {F.count(max(0, budget - seen))})")

@@ -29,6 +29,7 @@ class ReplyMessage(Vertical):
         background: $boost;
     }
     ReplyMessage > Markdown { margin: 0; padding: 0; background: transparent; }
+    ReplyMessage > Markdown > *:last-child { margin-bottom: 0; }
     ReplyMessage > .meta { color: $text-muted; height: auto; display: none; }
     ReplyMessage > .meta.-shown { display: block; }
     ReplyMessage.cancelled { border-left: thick $warning; }
