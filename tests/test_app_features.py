@@ -595,3 +595,20 @@ def test_short_times_for_the_list():
     assert when(now - 3600, now) == "today 14:00"
     assert when(time.mktime((2026, 3, 9, 8, 5, 0, 0, 0, -1)), now) == "09 Mar 08:05"
     assert when(time.mktime((2025, 3, 9, 8, 5, 0, 0, 0, -1)), now) == "09 Mar 2025"
+
+
+def test_the_readme_names_every_command_key_and_screenshot():
+    import re
+
+    from app.commands import COMMANDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## The terminal app"): readme.index("## Command line")]
+    for name in COMMANDS:
+        assert f"`/{name}" in section, name
+    for binding in MlxKvApp.BINDINGS:
+        assert key_name(binding.key) in section, binding.key
+    shots = re.findall(r"\]\((docs/screens/[^)]+\.svg)\)", section)
+    assert len(shots) >= 8
+    for shot in shots:
+        assert (Path(__file__).resolve().parents[1] / shot).read_text().startswith("<svg"), shot
