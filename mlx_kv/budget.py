@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_kv.config import HeapConfig, parse_bytes
@@ -102,7 +103,7 @@ def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = Non
 
 
 def layer_weights(config: HeapConfig, n_layers: int) -> list[float]:
-    if config.allocation == "uniform":
+    if config.allocation in ("uniform", "adaptive"):  # (adaptive moves tokens later, by their scores)
         return [1.0] * n_layers
     if config.allocation == "pyramid":
         # PyramidKV: lower layers spread attention widely, upper ones focus it.
@@ -113,6 +114,34 @@ def layer_weights(config: HeapConfig, n_layers: int) -> list[float]:
     if len(layers) != n_layers:
         raise ValueError(f"profile: {config.profile} describes {len(layers)} layers, the model has {n_layers}")
     return [max(float(layer["entropy"]), 1e-3) for layer in layers]
+
+
+def allocate_by_scores(scores: list[np.ndarray], protected: list[int], total: int, minimum: int) -> list[int]:
+    """Per-layer budgets that keep the highest-scoring tokens across all layers.
+
+    scores[l] (H, m_l): layer l's candidate tokens (live, not sinks or young)
+    per KV head; every head of a layer keeps the same count, so a layer's
+    k-th token is worth the mean over its heads of their k-th best score.
+    protected[l] tokens (sinks, the young window) are kept anyway. The total
+    is shared out by taking the best worths across layers (KVzip ranks all
+    layers' pairs together); each layer gets at least `minimum`.
+    """
+    n = len(scores)
+    worth = [np.sort(s, axis=1)[:, ::-1].mean(axis=0) if s.size else np.zeros(0) for s in scores]
+    room = total - sum(max(p, minimum) for p in protected)
+    counts = [0] * n
+    if room > 0:
+        flat = np.concatenate(worth)
+        owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(worth)]).astype(int)
+        rank = np.concatenate([np.arange(len(w)) for w in worth])
+        best = np.lexsort((rank, -flat))[:room]  # equal worths: every layer's first before anyone's second
+        for i in owner[best]:
+            counts[i] += 1
+    budgets = [max(p + c, minimum) for p, c in zip(protected, counts)]
+    spare = total - sum(budgets)  # tokens no layer had candidates for: spread evenly
+    for i in range(spare if spare > 0 else 0):
+        budgets[i % n] += 1
+    return budgets
 
 
 def allocate(total: int, weights: list[float], minimum: int) -> list[int]:

@@ -10,7 +10,7 @@ from mlx_kv.sizes import parse_bytes
 __all__ = ["HeapConfig", "parse_bytes", "POSITIONS", "ALLOCATIONS"]
 
 POSITIONS = ("absolute", "cache")
-ALLOCATIONS = ("uniform", "pyramid", "entropy")
+ALLOCATIONS = ("uniform", "pyramid", "entropy", "adaptive")
 
 
 @dataclass
@@ -49,7 +49,9 @@ class HeapConfig:
         The cold tier is rebuilt at each compaction, so it compacts at every
         collection: with cold_bits set, compact_threshold must be 0.0 (any
         other value is an error rather than being ignored).
-    allocation: how the total is split across layers: "uniform", "pyramid"
+    allocation: how the total is split across layers: "adaptive" (uniform to
+        start, then after every replayed chunk moved to the layers whose
+        tokens score highest, KVzip's cross-layer selection), "uniform", "pyramid"
         (more for lower layers, PyramidKV) or "entropy" (in proportion to
         each layer's measured attention entropy; needs `profile`, the JSON
         `mlx-kv profile` writes).

@@ -13,7 +13,7 @@ from typing import Any, Callable, Collection, Iterator
 
 import mlx.core as mx
 
-from mlx_kv.heap.prompt_cache import feed_token_info, tokens_seen, wants_information, wants_replay
+from mlx_kv.heap.prompt_cache import feed_token_info, rebalance, tokens_seen, wants_information, wants_replay
 from mlx_kv.information import token_information
 
 Sampler = Callable[[mx.array], int]
@@ -101,13 +101,16 @@ def replay_chunk(model: Any, cache: list, replay: Any, piece: list[int], before:
                 mx.eval(body(model, replay.ids(span, before), cache))  # no vocabulary projection: nothing reads it
         finally:
             for layer in replayed:
-                layer.end_replay(last=start + replay.span >= len(piece))
+                layer.end_replay()
         before = span
     if inheriting:
         scores = mx.stack([layer.replay_scores(first, end) for layer in replayed]).max(axis=0)
         for layer in inheriting:
             layer.inherit_replay_scores(first, end, scores)
-            layer.collect_pending()
+    if cache[0].adaptive and any(layer.live > layer.budget for layer in cache):
+        rebalance(cache)
+    for layer in cache:
+        layer.collect_pending()
 
 
 def lower_layers(model: Any, ids: mx.array, cache: list) -> mx.array:

@@ -66,3 +66,36 @@ def test_profile_measures_every_layer_and_sessions_use_it(tiny_model_dir):
         assert sum(layer.budget for layer in session.cache) == 240
     finally:
         target.unlink()
+
+
+def test_scores_move_tokens_to_the_layers_that_need_them():
+    import numpy as np
+
+    from mlx_kv.budget import allocate_by_scores
+
+    sharp = np.array([[0.9, 0.8, 0.7, 0.01], [0.9, 0.85, 0.6, 0.02]])  # layer 0: three tokens matter
+    flat = np.full((2, 4), 0.05)  # layer 1: nothing stands out
+    budgets = allocate_by_scores([sharp, flat], [10, 10], total=24, minimum=11)
+    assert sum(budgets) == 24 and budgets == [13, 11]
+    assert allocate_by_scores([flat, flat], [10, 10], total=24, minimum=5) == [12, 12]
+
+
+def test_adaptive_allocation_keeps_the_heaps_total_and_each_layers_floor():
+    import numpy as np
+
+    from conftest import build_model
+    from mlx_kv import HeapConfig, make_heap_cache, uninstall
+    from mlx_kv.generate import prefill
+    from mlx_kv.replay import Replay
+
+    model = build_model("llama", num_hidden_layers=4)
+    heap = make_heap_cache(model, HeapConfig(budget=120, window=16, policy="kvzip", allocation="adaptive"))
+    tokens = np.random.default_rng(5).integers(0, 101, size=400).tolist()
+    try:
+        prefill(model, heap, tokens, chunk=100, replay=Replay((5, 6), (7,), (3,)))
+    finally:
+        uninstall(model)
+    budgets = [layer.budget for layer in heap]
+    assert sum(budgets) == 4 * 120 and min(budgets) >= 4 + 16 + 1
+    assert all(layer.live <= layer.budget for layer in heap)
+    assert len(set(budgets)) > 1  # random weights score layers differently

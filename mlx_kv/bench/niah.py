@@ -33,7 +33,7 @@ from mlx_kv.bench.variants import policy_config
 from mlx_kv.chat_format import ChatFormat
 from mlx_kv.generate import decode, prefill
 from mlx_kv.heap.layer import default_collect_batch
-from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, total_bytes
+from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, rebalance, total_bytes
 from mlx_kv.hook import heap_hook
 from mlx_kv.replay import Replay
 from mlx_kv.tasks import answer_text, make_sample
@@ -184,7 +184,11 @@ class Runner:
             cache = clone_heap(read)
             for layer in cache:
                 layer.collect_batch = default_collect_batch(keep)
-                layer.set_budget(keep)
+            if cache[0].adaptive:
+                rebalance(cache, keep * len(cache))
+            else:
+                for layer in cache:
+                    layer.set_budget(keep)
             _widen(cache, len(p.question))
             trials[ratio] = self._finish(sample, p, cache, self.prefill(cache, p.question, previous=logits,
                                                                         chunk=len(p.question)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from typing import Any, Callable
 
@@ -19,10 +20,12 @@ import mlx.core as mx
 import psutil
 
 from mlx_kv.bench.niah import Runner
+from mlx_kv.chat_format import ChatFormat
 from mlx_kv.config import HeapConfig
 from mlx_kv.generate import prefill
 from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, recovery_stats, total_bytes
 from mlx_kv.hook import heap_hook
+from mlx_kv.replay import Replay
 from mlx_kv.tasks import KEYS, VALUES, filler_text, needle_sentence
 
 CHUNK = 512
@@ -30,22 +33,30 @@ DEPTHS = (0.1, 0.5, 0.9)
 
 
 def template_parts(tokenizer: Any, question: str) -> tuple[str, str]:
-    """(text before the document, text after it up to the answer) from the chat template."""
+    """(text before the document, text after it up to the answer) in the model's chat template."""
     marker = "\u2063DOC\u2063"
     messages = [{"role": "document", "content": marker}, {"role": "user", "content": question}]
-    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    rendered = ChatFormat.probe(tokenizer).render(tokenizer, messages, add_generation_prompt=True)
     before, after = rendered.split(marker)
     return before, after
 
 
+def found_in(answer: str, value: str) -> bool:
+    return value.lower() in re.findall(r"[a-z0-9]+", answer.lower())
+
+
 def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed: int = 0,
-           emit: Callable[[dict], None] = lambda r: None) -> dict:
+           emit: Callable[[dict], None] = lambda r: None, haystack: Any = None) -> dict:
+    """haystack: a mlx_kv.haystack.Prose to stream instead of the generated filler."""
     rng = random.Random(seed)
     needles = [(d, rng.choice(KEYS), rng.choice(VALUES)) for d in DEPTHS]
     while len({k for _, k, _ in needles}) < len(needles):
         needles = [(d, rng.choice(KEYS), rng.choice(VALUES)) for d in DEPTHS]
     before, _ = template_parts(tokenizer, "?")
     encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+    prose = haystack.filler(random.Random(f"stream:{seed}")) if haystack is not None else None
+    more_text = (lambda: " ".join(prose() for _ in range(8))) if prose else (lambda: filler_text(200, rng))
+    replay = Replay.for_tokenizer(tokenizer)
     process = psutil.Process(os.getpid())
     records: list[dict] = []
     pending = encode(before)
@@ -62,10 +73,10 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                 pending += encode(" " + needle_sentence(key, value))
                 next_needle += 1
             while len(pending) < CHUNK:
-                pending += encode(" " + filler_text(200, rng))
+                pending += encode(" " + more_text())
             chunk, pending = pending[:CHUNK], pending[CHUNK:]
             chunk = chunk[: max(1, tokens - fed)]
-            last, _ = prefill(model, cache, chunk, chunk=CHUNK, previous=last)
+            last, _ = prefill(model, cache, chunk, chunk=CHUNK, previous=last, replay=replay)
             fed += len(chunk)
             decile_tokens += len(chunk)
             if fed >= next_record * tokens - 1e-9 or fed >= tokens:
@@ -86,9 +97,10 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         for (depth, key, value), position in zip(needles, needle_at):
             _, tail = template_parts(tokenizer, f"What is the special magic number for {key} ?")
             probe = clone_heap(cache)
-            answer = runner.answer(probe, runner.prefill(probe, encode(tail), previous=last), 12)
+            logits = runner.prefill(probe, encode(tail), previous=last)
+            answer = runner.answer(probe, logits, 32, enough=lambda text: found_in(text, value))
             found.append({"depth": depth, "position": position, "key": key, "value": value, "answer": answer.strip(),
-                          "found": value in answer.split()})
+                          "found": found_in(answer, value)})
     first, last = records[0], records[-1]
     tps = [r["tokens_per_s"] for r in records]
     summary = {

@@ -22,7 +22,7 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
     for variant in variants:
         if variant in ("q4", "q8"):
             settings["cold_bits"] = int(variant[1:])
-        elif variant in ("pyramid", "entropy"):  # how the same total is split across layers
+        elif variant in ("pyramid", "entropy", "adaptive"):  # how the same total is split across layers
             settings["allocation"] = variant
         elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
             key, value = variant.split("=", 1)

@@ -32,7 +32,7 @@ from mlx_lm.models.cache import _BaseCache
 
 from mlx_kv.attention import attention_summary, grouped_attention, masked_attention, query_block, replay_weights
 from mlx_kv.heap.cold import ColdTier
-from mlx_kv.heap.collector import collect, compaction_order, noisy, tier_counts
+from mlx_kv.heap.collector import collect, compaction_order, noisy, protected_mask, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore
 from mlx_kv.heap.slots import SlotTable, slot_bytes
 from mlx_kv.policies import POLICIES, Policy, SlotView
@@ -64,6 +64,7 @@ class HeapKVCache(_BaseCache):
         rope: Any = None,
         recovery: dict | None = None,
         cold_bits: int | None = None,
+        adaptive: bool = False,
     ) -> None:
         if budget < sinks + window + 1:
             raise ValueError(
@@ -91,6 +92,7 @@ class HeapKVCache(_BaseCache):
         if cold_bits is not None:  # (the ColdTier made in _reset validates it)
             self.compact_threshold = 0.0  # the cold tier is rebuilt at compactions, so compact at each one
         self.cold_bits = cold_bits
+        self.adaptive = bool(adaptive)  # its budget is moved between layers by their scores (prompt_cache.rebalance)
         self.diagnostics_every = 16  # sample the last query's attention every N calls; 0 = never
         if positions == "cache" and rope is not None:
             check_rope(rope)
@@ -140,8 +142,9 @@ class HeapKVCache(_BaseCache):
         if not self.slots.allocated:
             self._allocate(keys, values, n_new)
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
-            # Full: collect on the scores gathered so far, before the token lands.
-            self._collect()
+            # Full: collect on the scores gathered so far, before the token lands,
+            # freeing collect_batch slots so the next collection is that many steps away.
+            self._collect(slack=True)
         if n_new == 1 and self._free and self.slots.cold is None:
             self._write_into_dead_slot(keys, values, self._free.pop())
         else:
@@ -202,22 +205,30 @@ class HeapKVCache(_BaseCache):
         leave the heap as it was at end_replay."""
         self._replay = (start, stop, self.tokens_seen)
 
-    def end_replay(self, last: bool = True) -> None:
-        """Forget the replay's tokens (their positions are not consumed); after
-        the `last` replay of a chunk, collect if it left the layer over budget."""
+    def end_replay(self) -> None:
+        """Forget the replay's tokens (their positions are not consumed); the
+        chunk's collection waits for collect_pending (all of its spans replayed)."""
         if self._replay is None:
             return
         before = self._replay[2]
         self._replay = None
         self.trim(self.tokens_seen - before)
-        if last:
-            self.collect_pending()
 
     def collect_pending(self) -> None:
         """The collection a chunk left waiting for its replay scores, now that they are in."""
         if self._collect_pending and not (self.policy.uses_info and self._info_fed):
             self._collect_pending = False
-            self._collect()
+            if self.live > self.budget:
+                self._collect()
+
+    def candidates(self) -> tuple[np.ndarray, int]:
+        """The policy's scores (H, m) of the tokens a collection may evict, and
+        how many tokens per head it may not (sinks, the young window)."""
+        pos = self.slots.positions[:, : self.end]
+        protect = protected_mask(pos, self.tokens_seen, self.sinks, self.window)
+        open_ = (pos >= 0) & ~protect
+        scores = self._host_scores()
+        return scores[open_].reshape(self.slots.n_heads, -1), int(protect[0].sum())
 
     def replay_scores(self, start: int, stop: int) -> mx.array:
         """(stop - start,) the most attention any head's replay paid each of the
@@ -301,7 +312,7 @@ class HeapKVCache(_BaseCache):
             "major_every": self.major_every, "collect_batch": self.collect_batch,
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
             "score_block": self.score_block, "seed": self.seed, "positions": self.position_mode,
-            "recovery": self.recovery, "cold_bits": self.cold_bits,
+            "recovery": self.recovery, "cold_bits": self.cold_bits, "adaptive": self.adaptive,
         }
 
     def _meta_json(self) -> str:
@@ -483,19 +494,23 @@ class HeapKVCache(_BaseCache):
     def _host_scores(self) -> np.ndarray:
         return self.policy.score(SlotView(self.slots.host_view(self.end, self.policy.reads), self.tokens_seen))
 
-    def _collect(self) -> None:
+    def _collect(self, slack: bool = False) -> None:
+        """Evict down to the budget; with `slack` (decoding), collect_batch
+        more, so decoding collects once per batch. A chunk's collection keeps
+        exactly the budget: the next chunk collects anyway, and a document
+        compressed once keeps what its budget says."""
         started = time.perf_counter()
         try:
-            self._collect_inner()
+            self._collect_inner(self.collect_batch if slack else 0)
         finally:
             self.collect_seconds += time.perf_counter() - started
 
-    def _collect_inner(self) -> None:
+    def _collect_inner(self, slack: int) -> None:
         end = self.end
         scores = self._host_scores()
         if self.rank_noise > 0:
             scores = noisy(scores, self.slots.positions[:, :end], self.rank_noise, self._rng)
-        n_evict = self.live - (self.budget - self.collect_batch)
+        n_evict = self.live - (self.budget - slack)
         major = (self.collections + 1) % self.major_every == 0
         positions, tenured, survived = (a[:, :end] for a in (self.slots.positions, self.slots.tenured, self.slots.survived))
         before = positions.copy() if self.store is not None else None

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import mlx_lm.models.cache as mlx_cache
 import numpy as np
 
-from mlx_kv.budget import kv_geometry, tokens_per_layer
+from mlx_kv.budget import allocate_by_scores, kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.cold import group_size_for
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
@@ -58,6 +58,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             rope=_layer_rope(model, layer) if config.positions == "cache" else None,
             recovery=recovery,
             cold_bits=config.cold_bits,
+            adaptive=config.allocation == "adaptive",
         )
         for layer, budget in enumerate(budgets)
     ]
@@ -93,6 +94,18 @@ def clone_heap(cache: list[HeapKVCache]) -> list[HeapKVCache]:
         clone.rope = original.rope
         clone.store = original.store.fork() if original.store is not None else None
     return clones
+
+
+def rebalance(cache: list[HeapKVCache], total: int | None = None) -> None:
+    """Move the heap's budget (the layers' total, or `total`) to the layers
+    whose evictable tokens score highest (budget.allocate_by_scores); each
+    layer collects down to its new budget now."""
+    total = total if total is not None else sum(layer.budget for layer in cache)
+    found = [layer.candidates() for layer in cache]
+    minimum = cache[0].sinks + cache[0].window + 1
+    budgets = allocate_by_scores([f[0] for f in found], [f[1] for f in found], total, minimum)
+    for layer, budget in zip(cache, budgets):
+        layer.set_budget(budget)
 
 
 def set_budgets(cache: list[HeapKVCache], budgets: list[int]) -> None:
