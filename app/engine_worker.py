@@ -194,6 +194,21 @@ def _default_session_cls() -> type[ChatSession]:
     return Session
 
 
+def count_messages(transcript: list[dict]) -> int:
+    """Messages and replies, as the conversations list counts them (documents apart)."""
+    return sum(1 for t in transcript if t.get("role") in ("user", "assistant"))
+
+
+def what_it_holds(transcript: list[dict]) -> str:
+    """'2 messages, 1 document': the save notice counts what the list shows."""
+    messages = count_messages(transcript)
+    documents = sum(1 for t in transcript if t.get("role") == "document")
+    text = f"{messages} message{'s' * (messages != 1)}"
+    if documents:
+        text += f", {documents} document{'s' * (documents != 1)}"
+    return text
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A session name from free text: lowercase words joined by '-' (what commands.NAME_RE accepts)."""
     words = re.findall(r"[A-Za-z0-9]+", text.lower())
@@ -626,7 +641,7 @@ class EngineWorker:
             tokens = session.heap_stats().tokens_seen
         except Exception:  # noqa: BLE001
             tokens = None
-        messages = sum(1 for t in session.transcript if t.get("role") in ("user", "assistant"))
+        messages = count_messages(session.transcript)
         return {**self.settings, "overflow": session.overflow, "tokens": tokens, "messages": messages}
 
     def _write(self, session: ChatSession, name: str) -> Any:
@@ -665,7 +680,7 @@ class EngineWorker:
         if old and old != name:
             with self.store_lock:
                 self._store().delete(old)  # the same conversation, saved earlier under its old name
-        self.post(M.EngineNotice(f"saved session {name!r} ({len(saved.transcript)} messages)"))
+        self.post(M.EngineNotice(f"saved session {name!r} ({what_it_holds(saved.transcript)})"))
         self.post(M.ConversationNamed(name, saved.updated))
 
     def _rename(self, name: str) -> None:

@@ -291,6 +291,7 @@ async def test_save_and_resume(tmp_path):
         await wait_for(pilot, lambda: replies(app) and not replies(app)[0].streaming, what="reply")
         await type_line(pilot, "/save mysession")
         await wait_for(pilot, lambda: any("saved session 'mysession'" in l for l in app.main.chat.lines()), what="saved")
+        assert "saved session 'mysession' (2 messages)" in app.main.chat.lines()
         await type_line(pilot, "/new")
         await wait_for(pilot, lambda: any(l.startswith("new conversation") for l in app.main.chat.lines()), what="new")
         assert app.engine.session.transcript == [] and app.engine.session.system == ""

@@ -612,3 +612,12 @@ def test_the_readme_names_every_command_key_and_screenshot():
     assert len(shots) >= 8
     for shot in shots:
         assert (Path(__file__).resolve().parents[1] / shot).read_text().startswith("<svg"), shot
+
+
+def test_the_save_notice_counts_what_the_list_shows():
+    from app.engine_worker import count_messages, what_it_holds
+
+    transcript = [{"role": "document", "source": "a.md"}, {"role": "user"}, {"role": "assistant"}]
+    assert count_messages(transcript) == 2
+    assert what_it_holds(transcript) == "2 messages, 1 document"
+    assert what_it_holds(transcript[1:2]) == "1 message"
