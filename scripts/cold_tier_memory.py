@@ -36,7 +36,7 @@ def main() -> int:
     from mlx_kv.generate import prefill
     from mlx_kv.heap.prompt_cache import total_bytes
 
-    model, name = bench_model(args.model)
+    model, name, _ = bench_model(args.model)
     model.set_dtype(getattr(mx, args.dtype))
     vocab = model.model.embed_tokens.weight.shape[0] if hasattr(model, "model") else 1000
     tokens = np.random.default_rng(0).integers(0, vocab, size=args.tokens).tolist()

@@ -25,6 +25,19 @@ def test_rows_cover_every_configuration_with_ratios_and_bytes():
     assert by_name["heap:h2o+q4@0.25"]["kv_bytes"] < by_name["heap:h2o@0.25"]["kv_bytes"]
 
 
+def test_a_reconstruction_policy_replays_every_chunk_inside_the_timed_prefill(monkeypatch):
+    import mlx_kv.generate as generate
+
+    replayed = []
+    real = generate.replay_chunk
+    monkeypatch.setattr(generate, "replay_chunk", lambda *a, **k: (replayed.append(len(a[3])), real(*a, **k))[1])
+    model = build_model("llama", hidden_size=128, intermediate_size=256)
+    rows = bench_speed(model, contexts=[700], ratios=[0.5], policies=["kvzip"], baselines=["kvcache"],
+                       decode_tokens=2, repeats=1, window=16, emit=lambda row: None)
+    assert {r["config"] for r in rows} == {"kvcache", "heap:kvzip@0.5"}
+    assert replayed == [512, 188]  # the kvzip heap's two chunks, not KVCache's
+
+
 def test_heap_setups_read_variants_into_the_config():
     model = build_model("llama", hidden_size=128, intermediate_size=256)
     setups = heap_setups(model, 1000, ["tova+q8", "h2o+noise0.1"], [0.5], [0.0], decode_tokens=10, window=16)

@@ -35,12 +35,13 @@ def random_model(spec: str) -> tuple[Any, str]:
     return model, f"random-weight {name} shape, {config['num_hidden_layers']} layers, fp32"
 
 
-def bench_model(spec: str | None, weights: str = "auto") -> tuple[Any, str]:
-    """(model, description) for a benchmark's --model: `random:NAME[...]`, a
-    name, GGUF file, folder or hub id, or None for the default model."""
+def bench_model(spec: str | None, weights: str = "auto") -> tuple[Any, str, Any]:
+    """(model, description, tokenizer) for a benchmark's --model: `random:NAME[...]`
+    (no tokenizer: None), a name, GGUF file, folder or hub id, or None for the
+    default model."""
     if spec and spec.startswith("random:"):
-        return random_model(spec)
+        return (*random_model(spec), None)
     from mlx_kv.models import load_model
 
-    model, _, name = load_model(spec, weights=weights)
-    return model, name
+    model, tokenizer, name = load_model(spec, weights=weights)
+    return model, name, tokenizer

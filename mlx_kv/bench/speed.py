@@ -17,10 +17,14 @@ import numpy as np
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
 from mlx_kv.bench.variants import policy_config
+from mlx_kv.generate import prefill
 from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
 from mlx_kv.hook import heap_hook
+from mlx_kv.replay import Replay
 
 PREFILL_CHUNK = 512
+# SmolLM2's replay prompts are 8 and 13 tokens, its template's suffix 5.
+STAND_IN_REPLAY = Replay(first=tuple(range(1, 9)), later=tuple(range(1, 14)), suffix=tuple(range(1, 6)))
 
 
 @dataclass
@@ -91,15 +95,18 @@ def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 3) -> float:
     return 2 * n_bytes / best
 
 
-def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) -> dict[str, float]:
+def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int,
+             replay: Replay | None = None) -> dict[str, float]:
+    """Prefill through the one loop every cache shares (generate.prefill: the
+    same chunks, the vocabulary projection of the last position only, and the
+    replay of each chunk for a policy that scores by reconstruction), then
+    greedy decoding."""
     mx.synchronize()
     mx.reset_peak_memory()
     start = time.perf_counter()
-    for i in range(0, len(prompt), PREFILL_CHUNK):
-        out = model(mx.array(prompt[i:i + PREFILL_CHUNK])[None], cache=cache)
-        mx.eval(out, [c.state for c in cache])
+    last, _ = prefill(model, cache, prompt.tolist(), chunk=PREFILL_CHUNK, replay=replay)
     prefill_s = time.perf_counter() - start
-    y = mx.argmax(out[0, -1])
+    y = mx.argmax(last)
     mx.eval(y)
     start = time.perf_counter()
     for _ in range(decode_tokens):
@@ -119,8 +126,13 @@ def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int) ->
 def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policies: list[str],
                 baselines: list[str], decode_tokens: int, repeats: int = 3, thresholds: list[float] = (0.0,),
                 window: int = 64, sinks: int = 4, vocab: int | None = None, profile: str | None = None,
-                emit: Callable[[dict], None] = print) -> list[dict]:
+                replay: Replay | None = None, emit: Callable[[dict], None] = print) -> list[dict]:
+    """`replay`: the model's reconstruction prompt (Replay.for_tokenizer), for
+    policies such as kvzip; without one (a random-weight model) a stand-in of
+    the same length is replayed, which costs the same."""
     from mlx_kv.budget import weights_bytes
+
+    replay = replay or STAND_IN_REPLAY
 
     vocab = vocab or model.args.vocab_size
     bandwidth = copy_bandwidth()
@@ -136,7 +148,7 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
             for _ in range(repeats):
                 for setup in setups:
                     cache = setup.make()
-                    runs[setup.name].append(run_once(model, cache, prompt, decode_tokens))
+                    runs[setup.name].append(run_once(model, cache, prompt, decode_tokens, replay))
                     del cache
                     mx.clear_cache()
         base = {k: statistics.median(r[k] for r in runs["kvcache"]) for k in ("decode_tps", "prefill_tps")} \

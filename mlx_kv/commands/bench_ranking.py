@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from mlx_kv.bench.ranking import bench_ranking
     from mlx_kv.bench.shapes import bench_model
 
-    model, description = bench_model(args.model, args.weights)
+    model, description, _ = bench_model(args.model, args.weights)
     print(f"model: {description}", file=sys.stderr)
     rows = bench_ranking(model, tokens=args.tokens, budget=args.budget, window=args.window,
                          fractions=args.tenured_fractions, decode=args.decode_tokens,

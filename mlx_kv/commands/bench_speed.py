@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = check_policies(args.policies, args.model,  # (a random: model has no profile)
                              settings=[{"compact_threshold": t} for t in args.compact_thresholds])
-    model, description = bench_model(args.model, args.weights)
+    model, description, tokenizer = bench_model(args.model, args.weights)
     header = {"machine": f"{platform.machine()} {platform.system()}, {os.cpu_count() or 0} cores",
               "model": description, "openblas": _openblas_state(), "command": "mlx-kv " + " ".join(sys.argv[1:])}
     rows: list[dict] = []
@@ -43,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(header), flush=True)
     else:
         print(" | ".join(f"{k}: {v}" for k, v in header.items()), file=sys.stderr)
+    from mlx_kv.replay import Replay
+
+    replay = Replay.for_tokenizer(tokenizer) if tokenizer is not None else None
     bench_speed(model, contexts=args.contexts, ratios=args.budget_ratios, policies=args.policies,
                 baselines=args.baselines, decode_tokens=args.decode_tokens, repeats=args.repeats,
-                thresholds=args.compact_thresholds, window=args.window, profile=profile, emit=emit)
+                thresholds=args.compact_thresholds, window=args.window, profile=profile, replay=replay, emit=emit)
     if not args.json:
         print(format_table(rows))
     return 0
