@@ -85,6 +85,17 @@ class SavedSession:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One row of the conversations list."""
+
+    name: str
+    model: str | None
+    updated: float
+    tokens: int | None
+    messages: int | None
+
+
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -260,6 +271,43 @@ class SessionStore:
             return [(n, u) for n, u in conn.execute("SELECT name, updated FROM sessions ORDER BY updated DESC")]
         except sqlite3.Error:
             return []
+        finally:
+            conn.close()
+
+    def summaries(self) -> list[ConversationSummary]:
+        """Every saved session for a list: name, model, tokens, messages, last
+        used (newest first); tokens and messages come from the settings the
+        app saves with each row (None for rows saved before it did)."""
+        if not self.db_path.exists():
+            return []
+        conn = self._connect()
+        try:
+            rows = conn.execute("SELECT name, model, updated, settings FROM sessions ORDER BY updated DESC").fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+        out = []
+        for name, model, updated, settings_json in rows:
+            try:
+                settings = json.loads(settings_json)
+            except ValueError:
+                settings = {}
+            settings = settings if isinstance(settings, dict) else {}
+            out.append(ConversationSummary(name, model, updated, settings.get("tokens"), settings.get("messages")))
+        return out
+
+    def rename(self, old: str, new: str) -> None:
+        """Give session `old` the name `new` (one UPDATE: all or nothing); refuses a taken name."""
+        conn = self._connect()
+        try:
+            with conn:
+                if conn.execute("SELECT 1 FROM sessions WHERE name = ?", (new,)).fetchone():
+                    raise UserError(f"a saved session is already named {new!r}")
+                if conn.execute("UPDATE sessions SET name = ? WHERE name = ?", (new, old)).rowcount == 0:
+                    raise UserError(f"no saved session named {old!r}")
+        except sqlite3.Error as e:
+            raise UserError(f"could not rename session {old!r}: {e}") from e
         finally:
             conn.close()
 

@@ -172,3 +172,18 @@ def test_delete(tmp_path):
     st.delete("s")
     assert st.list() == []
     assert not Path(saved.snapshot_path).parent.exists()
+
+
+def test_store_summaries_and_rename(tmp_path):
+    store = SessionStore(tmp_path)
+    store.save("a", [{"role": "user", "content": "x"}], {"tokens": 12, "messages": 1}, model="m")
+    store.save("b", [], {})
+    rows = {r.name: r for r in store.summaries()}
+    assert (rows["a"].model, rows["a"].tokens, rows["a"].messages) == ("m", 12, 1)
+    assert rows["b"].tokens is None
+    store.rename("a", "c")
+    assert store.load("c").transcript == [{"role": "user", "content": "x"}]
+    with pytest.raises(UserError, match="already named 'b'"):
+        store.rename("c", "b")
+    with pytest.raises(UserError, match="no saved session named 'zz'"):
+        store.rename("zz", "y")

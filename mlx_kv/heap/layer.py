@@ -432,6 +432,17 @@ class HeapKVCache(_BaseCache):
         pos = self.slots.positions[:, : self.end]
         return [np.sort(row[row >= 0]) for row in pos]
 
+    def cold_positions(self) -> list[np.ndarray]:
+        """Original positions each KV head holds in the cold (quantized) tier, in increasing order."""
+        pos = self.slots.positions[:, : self.slots.hot0]
+        return [np.sort(row[row >= 0]) for row in pos]
+
+    def spilled_positions(self) -> list[np.ndarray]:
+        """Original positions each KV head holds on disk (the recovery tier; empty without one)."""
+        if self.store is None:
+            return [np.zeros(0, np.int64) for _ in range(self.slots.n_heads)]
+        return self.store.spilled_positions()
+
     def token_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions, scores) per (kv_head, live slot) as the policy sees them now."""
         pos = self.slots.positions[:, : self.end]
