@@ -59,6 +59,7 @@ class HeapKVCache(_BaseCache):
         compact_threshold: float = 0.0,
         rank_noise: float = 0.0,
         score_block: int = 256,
+        score_every: int = 1,
         seed: int = 0,
         positions: str = "absolute",
         rope: Any = None,
@@ -83,6 +84,9 @@ class HeapKVCache(_BaseCache):
         self.compact_threshold = float(compact_threshold)
         self.rank_noise = float(rank_noise)
         self.score_block = int(score_block)
+        if int(score_every) < 1:
+            raise ValueError(f"score_every: must be a positive integer, got {score_every!r}")
+        self.score_every = int(score_every)  # decode steps: explicit attention (scores) every Nth call, fused otherwise
         self.seed = int(seed)
         if positions not in ("absolute", "cache"):
             raise ValueError(f"positions: must be 'absolute' or 'cache', got {positions!r}")
@@ -169,7 +173,7 @@ class HeapKVCache(_BaseCache):
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
-        if policy.observes == "none":
+        if policy.observes == "none" or (n_new == 1 and self.calls % self.score_every):
             out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
             sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
@@ -311,7 +315,7 @@ class HeapKVCache(_BaseCache):
             "tenured": self.tenured_cap, "promote_after": self.promote_after,
             "major_every": self.major_every, "collect_batch": self.collect_batch,
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
-            "score_block": self.score_block, "seed": self.seed, "positions": self.position_mode,
+            "score_block": self.score_block, "score_every": self.score_every, "seed": self.seed, "positions": self.position_mode,
             "recovery": self.recovery, "cold_bits": self.cold_bits, "adaptive": self.adaptive,
         }
 
