@@ -44,16 +44,29 @@ class Spec:
 
 COMMANDS: dict[str, Spec] = {
     "load": Spec("/load FILE", "read a document into the session (progress bar; Esc stops)", "required"),
+    "new": Spec("/new", "start a new conversation (the current one is saved)", "none"),
+    "conversations": Spec("/conversations", "list saved conversations: open, rename, delete (F3)", "none"),
+    "rename": Spec("/rename NAME", "rename the current conversation", "required"),
+    "save": Spec("/save NAME", "save now under NAME (conversations also save themselves after each change)", "required"),
+    "resume": Spec("/resume [NAME]", "open a saved conversation (no NAME: list them here)", "optional"),
+    "model": Spec("/model [M]", "pick a model (F4), or switch to M: a name, .gguf file, folder or hub id", "optional"),
+    "system": Spec("/system [TEXT]", "set this conversation's system prompt (no TEXT: edit it)", "optional"),
+    "overflow": Spec("/overflow MODE", "when the heap is full: heap (evict by policy), stop (refuse), rolling (window)", "required"),
     "budget": Spec("/budget B", "set the KV heap budget: tokens per layer (8192), a size (2GB, 512MiB) or auto", "required"),
     "policy": Spec("/policy P", "set the eviction policy (h2o, snapkv, tova, streaming, random, ...)", "required"),
-    "system": Spec("/system TEXT", "set the system prompt", "required"),
-    "save": Spec("/save NAME", "save transcript, settings and heap snapshot", "required"),
-    "resume": Spec("/resume [NAME]", "restore a saved session (no NAME: list saved sessions)", "optional"),
-    "clear": Spec("/clear", "forget the conversation and empty the heap", "none"),
+    "temperature": Spec("/temperature T", "sampling temperature for this conversation (0 = greedy, up to 2)", "required"),
+    "remembers": Spec("/remembers", "what the model still remembers of each document and message (F5)", "none"),
+    "drift": Spec("/drift MODE", "live drift against a full-cache shadow: on, off, auto, or now (one sample)", "required"),
+    "regenerate": Spec("/regenerate", "answer the last message again (Ctrl+R)", "none"),
+    "copy": Spec("/copy [code]", "copy the last reply, or its last code block (or click a reply or a code block)", "optional"),
+    "export": Spec("/export [FILE]", "write the conversation as Markdown (default: the data folder's exports/)", "optional"),
+    "clear": Spec("/clear", "forget this conversation's messages and empty the heap", "none"),
     "stats": Spec("/stats", "print heap, memory and throughput numbers", "none"),
-    "help": Spec("/help", "show this list", "none"),
-    "quit": Spec("/quit", "leave the app", "none"),
+    "help": Spec("/help", "show this list (F1: every key too)", "none"),
+    "quit": Spec("/quit", "leave the app (the conversation is saved)", "none"),
 }
+OVERFLOW_MODES = ("heap", "stop", "rolling")
+DRIFT_MODES = ("on", "off", "auto", "now")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 POLICY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -138,6 +151,41 @@ def _check_policy(name: str, rest: str) -> Command | ParseError:
     return Command(name, rest.lower())
 
 
+def _check_choice(choices: tuple[str, ...]):
+    def check(name: str, rest: str) -> Command | ParseError:
+        word = rest.lower()
+        if word not in choices:
+            return ParseError(f"/{name} takes one of {', '.join(choices)}, not {_short(rest)!r}")
+        return Command(name, word)
+
+    return check
+
+
+def _check_temperature(name: str, rest: str) -> Command | ParseError:
+    try:
+        value = float(rest)
+    except ValueError:
+        return ParseError(f"/temperature needs a number from 0 to 2, not {_short(rest)!r}")
+    if not 0.0 <= value <= 2.0:
+        return ParseError(f"/temperature needs a number from 0 to 2, not {_short(rest)!r}")
+    return Command(name, value)
+
+
+def _check_copy(name: str, rest: str) -> Command | ParseError:
+    if rest.lower() != "code":
+        return ParseError("/copy takes nothing (the last reply) or 'code' (its last code block)")
+    return Command(name, "code")
+
+
+def _check_model(name: str, rest: str) -> Command | ParseError:
+    spec = rest
+    if len(spec) >= 2 and spec[0] == spec[-1] and spec[0] in "\"'":
+        spec = spec[1:-1]
+    if "\n" in spec or "\x00" in spec or not spec.strip():
+        return ParseError("/model needs one model: a name, a .gguf file, a folder or a hub id (org/name)")
+    return Command(name, os.path.expanduser(spec) if spec.startswith("~") else spec)
+
+
 def _check_name(name: str, rest: str) -> Command | ParseError:
     if not NAME_RE.match(rest):
         return ParseError(
@@ -148,8 +196,15 @@ def _check_name(name: str, rest: str) -> Command | ParseError:
 
 _CHECKS = {
     "load": _check_load,
+    "export": _check_load,
     "budget": _check_budget,
     "policy": _check_policy,
     "save": _check_name,
     "resume": _check_name,
+    "rename": _check_name,
+    "overflow": _check_choice(OVERFLOW_MODES),
+    "drift": _check_choice(DRIFT_MODES),
+    "temperature": _check_temperature,
+    "copy": _check_copy,
+    "model": _check_model,
 }

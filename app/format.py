@@ -6,6 +6,8 @@ way, and these are easy to test without a terminal.
 
 from __future__ import annotations
 
+import time
+
 from textual.content import Content
 
 from mlx_kv.system import format_bytes
@@ -101,3 +103,14 @@ def bar(frac: float | None, width: int) -> Content:
         (BAR_FULL * filled, fraction_style(frac)),
         (BAR_EMPTY * (width - filled), "$text-muted"),
     )
+
+
+def when(timestamp: float, now: float | None = None) -> str:
+    """'today 14:03', '01 Dec 14:03', or '01 Dec 2025' for other years: short enough for a table column."""
+    t = time.localtime(timestamp)
+    today = time.localtime(now if now is not None else time.time())
+    if t[:3] == today[:3]:
+        return time.strftime("today %H:%M", t)
+    if t.tm_year == today.tm_year:
+        return time.strftime("%d %b %H:%M", t)
+    return time.strftime("%d %b %Y", t)

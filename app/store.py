@@ -24,7 +24,8 @@ hour has passed) are removed by the next save.
 Two instances: every row has a revision, bumped by each save. An instance
 that resumed (or last saved) revision r and saves again while the row is at
 another revision lost the race: its save is refused with one line saying
-so, and nothing is overwritten. A resume that finds its snapshot replaced
+so, and nothing is overwritten. A rename (one UPDATE under the write lock)
+bumps the revision as a save does. A resume that finds its snapshot replaced
 underneath it (the other instance saved meanwhile) reads the row again.
 
 Each row carries a format version and a SHA-256 of its transcript and
@@ -115,6 +116,17 @@ class SavedSession:
     snapshot_path: str | None  # the path to pass to Session.restore(), or None
     extra: dict = field(default_factory=dict)
     revision: int = 0  # bumped by every save; pass it back as save(expected_revision=)
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One row of the conversations list."""
+
+    name: str
+    model: str | None
+    updated: float
+    tokens: int | None
+    messages: int | None
 
 
 def _sha256_text(text: str) -> str:
@@ -348,12 +360,88 @@ class SessionStore:
         good = [(n, float(u)) for n, u in rows if isinstance(n, str) and isinstance(u, (int, float))]
         return sorted(good, key=lambda r: r[1], reverse=True)
 
-    def delete(self, name: str) -> None:
+    def summaries(self) -> list[ConversationSummary]:
+        """Every saved session for a list: name, model, tokens, messages, last
+        used (newest first); tokens and messages come from the settings the
+        app saves with each row (None for rows saved before it did, or where
+        they are not counts). Damaged rows are left out, as list() does."""
+        if not self.db_path.exists():
+            return []
+        conn = self._connect()
+        try:
+            rows = conn.execute("SELECT name, model, updated, settings FROM sessions").fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+        out = []
+        for name, model, updated, settings_json in rows:
+            if not isinstance(name, str) or not _number(updated) or not (model is None or isinstance(model, str)):
+                continue
+            try:
+                settings = json.loads(settings_json) if isinstance(settings_json, str) else {}
+            except ValueError:
+                settings = {}
+            settings = settings if isinstance(settings, dict) else {}
+            tokens, messages = (settings.get(k) for k in ("tokens", "messages"))
+            out.append(ConversationSummary(name, model, float(updated), tokens if _count(tokens) else None,
+                                           messages if _count(messages) else None))
+        return sorted(out, key=lambda r: r.updated, reverse=True)
+
+    def rename(self, old: str, new: str, expected_revision: int | None = None) -> int:
+        """Give session ``old`` the name ``new``, in one transaction (its
+        snapshot directory stays: the row points to it); refuses a taken name.
+
+        A rename is a change like a save: the row's revision is bumped, so an
+        instance still holding the old name cannot save over it unawares, and
+        with ``expected_revision`` (the revision this caller last loaded or
+        saved) a row another instance saved since is refused (SaveConflict).
+        Returns the row's new revision."""
+        if not isinstance(new, str) or not new or not _encodable(new):
+            raise UserError("session name: must be non-empty text (lone surrogates cannot be stored)")
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("DELETE FROM sessions WHERE name = ?", (name,))
+                if conn.execute("SELECT 1 FROM sessions WHERE name = ?", (new,)).fetchone():
+                    raise UserError(f"a saved session is already named {new!r}")
+                row = conn.execute("SELECT revision FROM sessions WHERE name = ?", (old,)).fetchone()
+                if row is None:
+                    raise UserError(f"no saved session named {old!r}")
+                revision = _int(row[0])
+                if expected_revision is not None and revision != expected_revision:
+                    raise SaveConflict(
+                        f"session {old!r} was saved by another mlx-kv instance since this one last read it "
+                        f"(revision {revision}, this one has {expected_revision}); it was not renamed: "
+                        f"/save NEW-NAME keeps this conversation, /resume {old} loads theirs")
+                conn.execute("UPDATE sessions SET name = ?, revision = ? WHERE name = ?", (new, revision + 1, old))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except UserError:
+            raise
+        except sqlite3.Error as e:
+            if is_disk_full(e, self.root):
+                raise DiskFull(f"could not rename session {old!r}: no space left in {self.root}"
+                               f"{room_note(self.root)}; it keeps its name") from None
+            raise UserError(_store_error(self.root, f"rename session {old!r}", e)) from None
+        finally:
+            conn.close()
+        return revision + 1
+
+    def delete(self, name: str, expected_revision: int | None = None) -> bool:
+        """Remove session ``name`` and its snapshot directory (after the commit).
+        With ``expected_revision``, a row another instance saved since is left
+        alone. True when a row was deleted."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT revision FROM sessions WHERE name = ?", (name,)).fetchone()
+                deleted = row is not None and (expected_revision is None or _int(row[0]) == expected_revision)
+                if deleted:
+                    conn.execute("DELETE FROM sessions WHERE name = ?", (name,))
                 garbage = self._unreferenced(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -365,6 +453,7 @@ class SessionStore:
             conn.close()
         for stale in garbage:
             shutil.rmtree(stale, ignore_errors=True)
+        return deleted
 
     # -- reading rows ------------------------------------------------------------
 
@@ -463,6 +552,14 @@ def _columns(conn: sqlite3.Connection) -> set[str]:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _full_message(root: Path, name: str, had_previous: bool) -> str:

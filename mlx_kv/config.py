@@ -38,6 +38,9 @@ class HeapConfig:
         with 0.5; `mlx-kv bench speed --compact-thresholds 0.5,0`).
     rank_noise: std of Gaussian noise added to normalised scores before
         ranking (privacy: blurs which tokens survive); 0 disables it.
+    score_every: a decode step computes attention explicitly (so the policy
+        sees its weights) only every Nth call; the others take MLX's fused
+        kernel. Prefill chunks and replays always score. 1 scores every step.
     recovery: disk allowance ("1GB", for the whole model: each layer gets
         its share) for the recovery tier, where evicted tokens spill (int8,
         in pages with min/max key summaries) and from where a question's
@@ -70,6 +73,7 @@ class HeapConfig:
     positions: str = "absolute"
     rank_noise: float = 0.0
     score_block: int = 256
+    score_every: int = 1
     seed: int = 0
     recovery: int | str | None = None
     recovery_pages: int = 4
@@ -104,6 +108,7 @@ class HeapConfig:
         if self.collect_batch is not None:
             _positive_int("collect_batch", self.collect_batch)
         _positive_int("score_block", self.score_block)
+        _positive_int("score_every", self.score_every)
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
             raise ValueError(
                 f"policy: unknown policy {self.policy!r}; choose one of {', '.join(sorted(POLICIES))}"
@@ -128,6 +133,9 @@ class HeapConfig:
         _positive_int("recovery_pages", self.recovery_pages)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "adaptive" and not self.make_policy().replays:
+            raise ValueError(f"allocation: 'adaptive' moves the budget by replay scores; policy {self.policy!r} "
+                             "does not replay (use kvzip)")
         if self.allocation == "entropy" and not self.profile:
             raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")
         if self.cold_bits is not None and (isinstance(self.cold_bits, bool) or self.cold_bits not in (4, 8)):

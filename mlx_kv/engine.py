@@ -28,7 +28,7 @@ from mlx_kv.chat_format import ChatFormat
 from mlx_kv.config import HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import DiskFull, UserError
-from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, Pillar, Throughput
+from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, MemoryMap, Pillar, Throughput
 from mlx_kv.generate import decode, make_sampler, prefill, replay_chunk
 from mlx_kv.guard import MemoryGuard
 from mlx_kv.heap.layer import HeapKVCache
@@ -44,6 +44,7 @@ from mlx_kv.storage import is_disk_full, room_note
 PREFILL_CHUNK = 512
 log = logging.getLogger("mlx_kv.engine")
 SESSION_POSITIONS = "cache"  # long chats stay inside the trained positions
+OVERFLOW = ("heap", "stop", "rolling")  # what happens at the budget: evict by policy, refuse, keep the newest
 
 
 class Session:
@@ -67,6 +68,12 @@ class Session:
         self._decode_tps = 0.0
         self._last_logits: mx.array | None = None
         self._guard: MemoryGuard | None = None  # made at the first probe sample
+        # Which token positions each turn fed (documents, prompts, replies), for memory_map and regenerate.
+        self.spans: list[dict] = []
+        self.overflow = "heap"
+        self._heap_policy: str | None = None  # the policy to return to when a rolling window ends
+        self._turn_logits: mx.array | None = None  # the logits before the last prompt (regenerate)
+        self._texts: dict[tuple[int, int], list[str]] = {}  # each span's tokens as text, decoded once
         self._notes: list[str] = []  # the heap's events (a full disk), until observe_system hands them on
 
     # ------------------------------------------------------------------ loading
@@ -97,14 +104,19 @@ class Session:
             raise UserError("message: empty message")
         self.transcript.append({"role": "user", "content": message})
         prompt = self._new_text(self._render(add_generation_prompt=True))
-        self._prefill(self._encode(prompt), prompt, cancel=None)
+        tokens = self._encode(prompt)
+        self._check_room(len(tokens) + 1, "this message")
+        self._turn_logits = self._last_logits
+        self._prefill(tokens, prompt, cancel=None, span=("user", ""))
         reply: list[int] = []
         detok = self.tokenizer.detokenizer
         detok.reset()
         entry = {"role": "assistant", "content": ""}
         self.transcript.append(entry)
+        written = self._open_span("assistant", "")
         try:
             for token in self._decode(max_tokens, cancel, temperature):
+                written["stop"] = len(self._token_ids)
                 reply.append(token)
                 detok.add_token(token)
                 piece = detok.last_segment
@@ -118,15 +130,19 @@ class Session:
                 yield tail
         finally:
             self._fed_text += self.tokenizer.decode(reply)
+            self._close_span(written)
             if reply and wants_replay(self.cache):  # the reply's tokens are scored like any chunk's
                 replay_chunk(self.model, self.cache, self.replay, reply, None)
 
     def _decode(self, max_tokens: int, cancel: threading.Event | None, temperature: float) -> Iterator[int]:
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
         start, n = time.perf_counter(), 0
+        should_stop = cancel.is_set if cancel is not None else None
+        if self.overflow == "stop":  # a reply ends where the budget does, before anything is evicted
+            limit, cancelled = self._limit(), should_stop
+            should_stop = lambda: self.tokens_seen >= limit or bool(cancelled and cancelled())  # noqa: E731
         steps = decode(self.model, self.cache, self._last_logits, max_tokens=max_tokens,
-                       sampler=make_sampler(temperature), stop_tokens=eos,
-                       should_stop=cancel.is_set if cancel is not None else None)
+                       sampler=make_sampler(temperature), stop_tokens=eos, should_stop=should_stop)
         for token, logits in steps:  # fed already: a caller that stops here leaves the record exact
             self._token_ids.append(token)
             n += 1
@@ -147,10 +163,11 @@ class Session:
         # differently once the question arrives (e.g. merged into it).
         rendered = self._new_text(self.format.stable_prefix(self.tokenizer, self._messages()))
         tokens = self._encode(rendered)
+        self._check_room(len(tokens), name)
         start = time.perf_counter()
         consumed_before = len(self._token_ids)
         try:
-            done = self._prefill(tokens, rendered, cancel=cancel, progress=progress)
+            done = self._prefill(tokens, rendered, cancel=cancel, progress=progress, span=("document", name))
         finally:
             done = len(self._token_ids) - consumed_before
             if done < len(tokens):
@@ -161,16 +178,20 @@ class Session:
 
     # ------------------------------------------------------------------ prefill
     def _prefill(self, tokens: list[int], text: str, cancel: threading.Event | None,
-                 progress: Callable[[IngestProgress], None] | None = None) -> int:
+                 progress: Callable[[IngestProgress], None] | None = None, span: tuple[str, str] | None = None) -> int:
         """Feed tokens in chunks; returns how many were consumed (all unless
         cancelled). Whatever stops it (cancel, Ctrl-C, an error), the record of
-        what the heap consumed stays exact."""
+        what the heap consumed stays exact; `span` (kind, source) records which
+        positions this turn took."""
         total = len(tokens)
         start = time.perf_counter()
         before = len(self._token_ids)
+        read = self._open_span(*span) if span is not None else None
 
         def after_chunk(consumed: int) -> None:
             self._token_ids.extend(tokens[len(self._token_ids) - before:consumed])
+            if read is not None:
+                read["stop"] = len(self._token_ids)
             if progress is not None:
                 tps = consumed / max(time.perf_counter() - start, 1e-9)
                 progress(IngestProgress(consumed, total, tps, (total - consumed) / tps if tps else 0.0))
@@ -187,8 +208,40 @@ class Session:
             if done:
                 self._prefill_tps = done / max(time.perf_counter() - start, 1e-9)
             self._fed_text += text if done == total else self.tokenizer.decode(tokens[:done])
+            if read is not None:
+                self._close_span(read)
             self._collect_notes()
         return done
+
+    def _open_span(self, kind: str, source: str) -> dict:
+        """The positions the newest transcript entry feeds, from here on; it
+        grows as tokens are consumed, so a map taken meanwhile sees them."""
+        span = {"kind": kind, "source": source, "turn": len(self.transcript) - 1,
+                "start": len(self._token_ids), "stop": len(self._token_ids), "fed": len(self._fed_text)}
+        self.spans.append(span)
+        return span
+
+    def _close_span(self, span: dict) -> None:
+        span["stop"] = len(self._token_ids)
+        if span["stop"] == span["start"] and span in self.spans:
+            self.spans.remove(span)  # nothing was fed
+
+    def _limit(self) -> int:
+        """Tokens the smallest layer keeps: past it the heap would evict."""
+        return min(layer.budget for layer in self.cache)
+
+    def _check_room(self, needed: int, what: str) -> None:
+        """With overflow "stop", refuse input that would make the heap evict
+        (the transcript entry just added for it is taken back)."""
+        if self.overflow != "stop":
+            return
+        limit = self._limit()
+        room = limit - (self.tokens_seen or 0)
+        if needed > room:
+            self.transcript.pop()
+            raise UserError(f"context full (overflow: stop): {what} needs {needed:,} tokens and "
+                            f"{max(0, room):,} of the {limit:,}-token budget are left; "
+                            "/overflow heap lets the heap evict, /new starts a new conversation")
 
     def _collect_notes(self) -> None:
         """The heap's one-line events: logged now (the CLI's stderr), shown by
@@ -255,6 +308,66 @@ class Session:
             raise UserError(f"policy: unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
         self.config = _heap_config(self.config.budget, name, self._heap_kwargs(keep_policy_args=False))
         set_policy(self.cache, self.config.make_policy)
+        if self.overflow == "rolling" and name != "streaming":
+            self.overflow = "heap"  # choosing a policy is choosing the heap
+
+    def set_overflow(self, mode: str) -> None:
+        """What happens at the budget: "heap" evicts by the policy, "stop"
+        refuses input that would evict, "rolling" keeps the sinks and the
+        newest tokens (the streaming policy) until another mode is chosen."""
+        if mode not in OVERFLOW:
+            raise UserError(f"overflow: unknown mode {mode!r}; choose one of {', '.join(OVERFLOW)}")
+        if mode == "rolling" and self.overflow != "rolling":
+            self._heap_policy = self.config.policy
+            self.set_policy("streaming")
+        elif mode != "rolling" and self.overflow == "rolling":
+            back = self._heap_policy if self._heap_policy not in (None, "streaming") else HeapConfig().policy
+            self.set_policy(back)
+        self.overflow = mode
+
+    def memory_map(self, detail: tuple[int, ...] = ()) -> MemoryMap:
+        """What the heap keeps of each turn; spans whose index is in `detail` come per token."""
+        from mlx_kv.memory_map import memory_map
+
+        return memory_map(self.cache, self.spans, self.tokens_seen or 0, detail, self._span_texts)
+
+    def _span_texts(self, start: int, stop: int) -> list[str]:
+        """Each token's text, as the streaming detokenizer splits it (a
+        character spread over several byte tokens shows on the last one)."""
+        key = (start, stop)
+        if key not in self._texts:
+            detok = self.tokenizer.detokenizer
+            out = []
+            for token in self._token_ids[start:stop]:
+                detok.add_token(token)
+                out.append(detok.last_segment)
+            detok.finalize()
+            if out:
+                out[-1] += detok.last_segment
+            self._texts[key] = out
+        return self._texts[key]
+
+    def regenerate(self, max_tokens: int = 512, cancel: threading.Event | None = None,
+                   temperature: float = 0.0) -> Iterator[str]:
+        """Take back the last message and its reply (the heap forgets their
+        tokens) and answer the message again. What the heap evicted while
+        they were read stays evicted."""
+        if len(self.spans) < 2 or [s["kind"] for s in self.spans[-2:]] != ["user", "assistant"]:
+            raise UserError("regenerate: the last turn is not a reply to a message")
+        asked = self.spans[-2]
+        start = asked["start"]
+        if any(len(row) and row.max() >= start for layer in self.cache for row in layer.spilled_positions()):
+            raise UserError("regenerate: part of the last turn was spilled to disk; ask again instead")
+        for layer in self.cache:
+            layer.trim(layer.tokens_seen - start)
+        del self._token_ids[start:]
+        self._fed_text = self._fed_text[:asked["fed"]]
+        message = self.transcript[asked["turn"]]["content"]
+        del self.transcript[asked["turn"]:]
+        del self.spans[-2:]
+        self._texts = {k: v for k, v in self._texts.items() if k[1] <= start}
+        self._last_logits = self._turn_logits
+        return self.chat(message, max_tokens=max_tokens, cancel=cancel, temperature=temperature)
 
     def set_system(self, text: str) -> None:
         self.system = text.strip() or None
@@ -263,6 +376,7 @@ class Session:
         self.transcript.clear()
         self._fed_text = ""
         self._token_ids = array("i")
+        self.spans, self._texts, self._turn_logits = [], {}, None
         self.cache = make_heap_cache(self.model, self.config)
         self._guard = None  # a fresh heap at the user's budget
 
@@ -374,6 +488,9 @@ class Session:
             "system": self.system or "",
             "fed_text": self._fed_text,
             "token_ids": json.dumps(self._token_ids.tolist()),
+            "spans": json.dumps(self.spans),
+            "overflow": self.overflow,
+            "heap_policy": self._heap_policy or "",
         }
         write_session_file(path, lambda tmp: save_prompt_cache(tmp, self.cache, metadata=meta))
 
@@ -414,6 +531,9 @@ class Session:
         session.system = fields["system"] or None
         session._fed_text = fields["fed_text"]
         session._token_ids = array("i", fields["token_ids"])
+        session.spans = fields["spans"]
+        session.overflow = fields["overflow"]
+        session._heap_policy = fields["heap_policy"]
         session._last_logits = None
         return session
 
@@ -455,8 +575,20 @@ def _saved_fields(meta: Any, cache: list, model: Any) -> dict[str, Any]:
         raise ValueError(f"{len(cache)} saved layer caches for a model of {len(layers)} layers")
     if any(c.tokens_seen != len(token_ids) for c in cache):
         raise ValueError("the heap and the record of its tokens disagree")
+    spans = json.loads(meta.get("spans", "[]"))  # sessions saved before spans have none
+    if not isinstance(spans, list) or not all(
+            isinstance(sp, dict) and all(type(sp.get(k)) is int and 0 <= sp[k] <= len(token_ids) for k in ("start", "stop"))
+            for sp in spans):
+        raise ValueError("spans are not ranges of the saved tokens")
+    overflow = meta.get("overflow") or "heap"
+    if overflow not in OVERFLOW:
+        raise ValueError(f"overflow {overflow!r} is not one of {', '.join(OVERFLOW)}")
+    heap_policy = meta.get("heap_policy") or None
+    if heap_policy is not None and heap_policy not in POLICIES:
+        raise ValueError(f"heap policy {heap_policy!r} is unknown")
     return {"config": config, "transcript": transcript, "token_ids": token_ids, **texts,
-            "model_name": texts["model_name"] or "model"}
+            "model_name": texts["model_name"] or "model", "spans": spans, "overflow": overflow,
+            "heap_policy": heap_policy}
 
 
 def _short(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mlx_kv.errors import UserError
+from mlx_kv.events import DownloadNote
 
 
 def _bundled_model(package: Path = Path(__file__).resolve().parent) -> Path:
@@ -132,7 +133,8 @@ def progress_tqdm(repo_id: str, progress: Callable[[str], None]):
                 if tenth != self._reported:
                     self._reported = tenth
                     size = f"{total / 2**20:.1f} MiB" if self._unit == "B" else f"{total} files"
-                    progress(f"downloading {repo_id}: {min(100, 10 * tenth)}% of {size}")
+                    progress(DownloadNote(f"downloading {repo_id}: {min(100, 10 * tenth)}% of {size}", repo_id,
+                                          min(1.0, self.n / total), int(total) if self._unit == "B" else None))
             return True
 
     return Reporter

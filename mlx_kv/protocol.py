@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-from mlx_kv.events import HeapStats, IngestProgress, IngestResult, Throughput
+from mlx_kv.events import HeapStats, IngestProgress, IngestResult, MemoryMap, Throughput
 
 __all__ = ["ChatSession", "PROTOCOL_METHODS"]
 
@@ -29,6 +29,7 @@ class ChatSession(Protocol):
 
     model_name: str
     transcript: list[dict]
+    overflow: str
 
     @classmethod
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
@@ -48,6 +49,14 @@ class ChatSession(Protocol):
         """Stream the reply; a set `cancel` stops it and what was said stays in the transcript."""
         ...
 
+    def regenerate(self, max_tokens: int = 512, cancel: threading.Event | None = None,
+                   temperature: float = 0.0) -> Iterator[str]:
+        """Take back the last reply and its message (their tokens leave the
+        heap) and stream a new reply; UserError when the last turn is not a
+        reply or cannot be taken back. Checks happen at the call, before the
+        first piece."""
+        ...
+
     def ingest(self, source: str, progress: Callable[[IngestProgress], None] | None = None,
                errors: str = "strict", cancel: threading.Event | None = None) -> IngestResult:
         """Read a document (a path, or the text itself) into the heap, chunk by chunk."""
@@ -63,6 +72,13 @@ class ChatSession(Protocol):
     def set_system(self, text: str) -> None:
         ...
 
+    def set_overflow(self, mode: str) -> None:
+        """What happens when the heap is full: "heap" (evict by the policy),
+        "stop" (refuse a message or document that would evict, end a reply at
+        the budget) or "rolling" (a plain rolling window: sinks and the newest
+        tokens). The session's `overflow` attribute holds the mode."""
+        ...
+
     def clear(self) -> None:
         """Forget the conversation and empty the heap."""
         ...
@@ -71,6 +87,12 @@ class ChatSession(Protocol):
         ...
 
     def heap_stats(self) -> HeapStats:
+        ...
+
+    def memory_map(self, detail: tuple[int, ...] = ()) -> MemoryMap:
+        """What the heap still holds of each turn (documents, messages,
+        replies) as shares of (layer, KV head) pairs; the spans whose index
+        is in `detail` also come token by token, with their text."""
         ...
 
     def throughput(self) -> Throughput:

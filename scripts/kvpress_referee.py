@@ -266,7 +266,9 @@ USER_TURN = [1, 4093, 198]  # "<|im_start|>", "user", "\n"
 
 
 def user_content_start(doc_ids: list[int]) -> int | None:
-    for i in range(len(doc_ids) - len(USER_TURN), -1, -1):
+    """Where the document's user turn begins its content: the first user header
+    (a sample's ids may end with the next turn's header, which is no prefix)."""
+    for i in range(len(doc_ids) - len(USER_TURN) + 1):
         if doc_ids[i : i + len(USER_TURN)] == USER_TURN:
             return i + len(USER_TURN)
     return None

@@ -99,3 +99,9 @@ def test_adaptive_allocation_keeps_the_heaps_total_and_each_layers_floor():
     assert sum(budgets) == 4 * 120 and min(budgets) >= 4 + 16 + 1
     assert all(layer.live <= layer.budget for layer in heap)
     assert len(set(budgets)) > 1  # random weights score layers differently
+
+
+def test_adaptive_allocation_with_a_policy_that_never_replays_is_refused_not_silently_uniform():
+    with pytest.raises(ValueError, match="allocation: 'adaptive'.*'h2o' does not replay"):
+        HeapConfig(policy="h2o", allocation="adaptive").validate()
+    HeapConfig(policy="kvzip", allocation="adaptive").validate()

@@ -244,7 +244,7 @@ async def test_engine_errors_are_one_line_messages(tmp_path):
 
 async def test_engine_bug_is_reported_not_raised(tmp_path):
     class Buggy(FakeSession):
-        def chat(self, message, max_tokens=512, cancel=None):
+        def chat(self, message, max_tokens=512, cancel=None, temperature=0.0):
             yield "partial "
             raise ZeroDivisionError("oops")
 
@@ -291,8 +291,10 @@ async def test_save_and_resume(tmp_path):
         await wait_for(pilot, lambda: replies(app) and not replies(app)[0].streaming, what="reply")
         await type_line(pilot, "/save mysession")
         await wait_for(pilot, lambda: any("saved session 'mysession'" in l for l in app.main.chat.lines()), what="saved")
-        await type_line(pilot, "/clear")
-        await wait_for(pilot, lambda: "conversation cleared, heap emptied" in app.main.chat.lines(), what="clear")
+        assert "saved session 'mysession' (2 messages)" in app.main.chat.lines()
+        await type_line(pilot, "/new")
+        await wait_for(pilot, lambda: any(l.startswith("new conversation") for l in app.main.chat.lines()), what="new")
+        assert app.engine.session.transcript == [] and app.engine.session.system == ""
         await type_line(pilot, "/resume")
         await wait_for(pilot, lambda: any("mysession" in l for l in app.main.chat.lines("help")), what="list")
         await type_line(pilot, "/resume mysession")
@@ -535,3 +537,24 @@ def test_heap_options_from_the_command_line_reach_the_session():
     worker._load(Load(None, 256, "h2o", (("cold_bits", 4), ("window", 32))))
     assert seen == {"cold_bits": 4, "window": 32}
     assert worker.settings["options"] == {"cold_bits": 4, "window": 32}
+
+
+async def test_a_message_sent_during_a_load_shows_after_the_loaded_line(tmp_path):
+    """Typed while /load runs, the message waits (marked queued) and then
+    moves below the load's own 'loaded' line, where the engine took it up."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("alpha beta gamma delta " * 1500)
+    app = make_app(tmp_path, SlowIngestSession)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await type_line(pilot, f"/load {doc}")
+        await wait_for(pilot, lambda: app.main.ingest_bar.active, what="loading")
+        await type_line(pilot, "what does it say?")
+        user = app.main.chat.query("UserMessage").last()
+        assert user.has_class("queued")
+        await wait_for(pilot, lambda: replies(app) and not replies(app)[0].streaming, timeout=15, what="reply")
+        order = [type(w).__name__ + ":" + getattr(w, "text", "")[:6] for w in app.main.chat.children]
+        loaded = next(i for i, w in enumerate(order) if w.startswith("ChatLine:loaded"))
+        asked = order.index("UserMessage:what d")
+        assert loaded < asked < order.index(next(w for w in order if w.startswith("ReplyMessage")))
+        assert not user.has_class("queued")

@@ -40,6 +40,23 @@ from app.commands import COMMANDS, ChatText, Command, ParseError, help_lines, pa
         ("/help", Command("help")),
         ("  /help  ", Command("help")),
         ("/quit", Command("quit")),
+        ("/system", Command("system")),
+        ("/new", Command("new")),
+        ("/rename my-chat", Command("rename", "my-chat")),
+        ("/overflow STOP", Command("overflow", "stop")),
+        ("/overflow rolling", Command("overflow", "rolling")),
+        ("/drift now", Command("drift", "now")),
+        ("/temperature 0.7", Command("temperature", 0.7)),
+        ("/copy", Command("copy")),
+        ("/copy code", Command("copy", "code")),
+        ("/export", Command("export")),
+        ("/export notes.md", Command("export", "notes.md")),
+        ("/model", Command("model")),
+        ("/model mlx-community/Llama-3.2-1B-Instruct-4bit", Command("model", "mlx-community/Llama-3.2-1B-Instruct-4bit")),
+        ("/model mlx-kv-tiny", Command("model", "mlx-kv-tiny")),
+        ("/regenerate", Command("regenerate")),
+        ("/remembers", Command("remembers")),
+        ("/conversations", Command("conversations")),
     ],
 )
 def test_parse_good(line, expected):
@@ -68,7 +85,14 @@ def test_load_expands_home():
         ("/policy", "usage /policy P"),
         ("/policy two words", "bad policy"),
         ("/policy ../../x", "bad policy"),
-        ("/system", "usage /system TEXT"),
+        ("/overflow", "usage /overflow MODE"),
+        ("/overflow lru", "/overflow takes one of heap, stop, rolling"),
+        ("/drift maybe", "/drift takes one of on, off, auto, now"),
+        ("/temperature hot", "needs a number from 0 to 2"),
+        ("/temperature 3", "needs a number from 0 to 2"),
+        ("/copy everything", "/copy takes nothing"),
+        ("/rename ../x", "bad session name"),
+        ("/new now", "takes no argument"),
         ("/save", "usage /save NAME"),
         ("/save ../escape", "bad session name"),
         ("/save .hidden", "bad session name"),
@@ -122,7 +146,7 @@ def test_fuzz_commands_with_arbitrary_arguments(name, arg):
         assert result.name in COMMANDS
         if result.name == "budget":
             assert (isinstance(result.arg, int) and result.arg > 0) or isinstance(result.arg, str)
-        if result.name in ("save", "resume") and result.arg is not None:
+        if result.name in ("save", "resume", "rename") and result.arg is not None:
             assert "/" not in result.arg and not result.arg.startswith(".")
     else:
         assert "\n" not in result.message

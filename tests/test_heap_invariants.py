@@ -22,7 +22,7 @@ def check_invariants(cache, budget, sinks, window):
             assert np.isin(young, kept).all(), "young window present"
 
 
-@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "random", "surprise"])
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "random", "surprise", "keydiff"])
 @pytest.mark.parametrize("threshold", [0.0, 0.5])
 def test_budget_sinks_window_and_order_hold_after_every_call(policy, threshold):
     model = build_model("llama")
@@ -96,3 +96,24 @@ def test_mlx_lm_generate_accepts_the_heap_as_prompt_cache(tiny_model_dir):
         uninstall(model)
     assert isinstance(text, str)
     assert cache[0].live <= 96 and cache[0].offset > 400
+
+
+def test_score_every_n_decode_steps_folds_attention_only_on_those_steps_and_saves_the_setting():
+    model = build_model("llama")
+    cache = make_heap_cache(model, HeapConfig(budget=400, sinks=4, window=16, policy="h2o", score_every=4))
+    try:
+        mx.eval(model(mx.array(np.arange(40) % 101)[None], cache=cache))
+        seen_after_prefill = float(cache[0].slots.seen[0, 0])
+        y, seen = 5, []
+        for _ in range(8):
+            out = model(mx.array([[y]]), cache=cache)
+            y = int(mx.argmax(out[0, -1]).item())
+            seen.append(float(cache[0].slots.seen[0, 0]) - seen_after_prefill)
+    finally:
+        uninstall(model)
+    group = 2  # build_model's query heads per KV head
+    # calls 2..9 are decode steps; calls 4 and 8 score (each adds one query per query head of the group)
+    assert seen == [0.0, 0.0, group, group, group, group, 2 * group, 2 * group]
+    from mlx_kv.heap.layer import HeapKVCache
+
+    assert HeapKVCache.from_state(cache[0].state).score_every == 4

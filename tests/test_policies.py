@@ -40,3 +40,35 @@ def test_streaming_prefers_recent_and_random_is_seeded():
     a, b = hashed_uniform(np.arange(1000), 1), hashed_uniform(np.arange(1000), 2)
     assert np.array_equal(a, hashed_uniform(np.arange(1000), 1)) and not np.array_equal(a, b)
     assert 0.45 < a.mean() < 0.55 and a.min() >= 0 and a.max() < 1
+
+
+def test_keydiff_keeps_the_key_least_like_the_heads_average_and_ignores_dead_slots():
+    keydiff = POLICIES["keydiff"]()
+    keys = np.array([[[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [-50.0, 0.0]]])  # (H=1, L=4, D=2); slot 3 is dead
+    positions = np.array([[0, 1, 2, -1]])
+    scores = keydiff.score(SlotView({"keys": keys, "positions": positions}, tokens_seen=4))
+    # the anchor is the mean unit key of the live slots (~(0.67, 0.35)): the lone key along y is the most distinct
+    assert int(np.argmax(scores[0, :3])) == 2
+    # and a norm does not make a key distinct: slot 1 (twice slot 0's length) scores like slot 0
+    assert abs(scores[0, 0] - scores[0, 1]) < 0.05
+
+
+def test_keydiff_reads_the_cached_keys_through_the_heap_and_needs_no_attention():
+    import mlx.core as mx
+
+    from conftest import build_model
+    from mlx_kv import HeapConfig, make_heap_cache, uninstall
+
+    model = build_model("llama")
+    cache = make_heap_cache(model, HeapConfig(budget=48, sinks=4, window=8, policy="keydiff"))
+    seen = []
+    real = POLICIES["keydiff"].score
+    try:
+        POLICIES["keydiff"].score = lambda self, view: (seen.append(view.keys.shape), real(self, view))[1]
+        mx.eval(model(mx.array(np.arange(100) % 97)[None], cache=cache))
+    finally:
+        POLICIES["keydiff"].score = real
+        uninstall(model)
+    assert seen and all(shape[0] == cache[0].slots.keys.shape[1] and shape[1] >= 48 for shape in seen)
+    assert all(layer.live <= 48 for layer in cache)
+    assert float(mx.abs(cache[0].slots.acc).sum()) == 0.0  # nothing folded: the fused kernel served every call

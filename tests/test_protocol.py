@@ -20,7 +20,8 @@ CONSTRUCTORS = ("load", "restore")
 def test_the_protocol_lists_every_method_the_worker_uses():
     assert set(PROTOCOL_METHODS) == {
         "load", "restore", "chat", "ingest", "set_budget", "set_policy", "set_system", "clear", "save",
-        "heap_stats", "throughput", "mlx_memory", "drift", "observe_system"}
+        "heap_stats", "throughput", "mlx_memory", "drift", "observe_system", "regenerate", "set_overflow",
+        "memory_map"}
 
 
 def _mismatches(impl: type, name: str) -> list[str]:

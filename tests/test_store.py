@@ -187,3 +187,54 @@ def test_a_save_in_progress_in_another_instance_is_left_alone(tmp_path):
     st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"two"))
     assert busy.exists() and not orphan.exists()
     assert len([p for p in (tmp_path / "snapshots").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_store_summaries_and_rename(tmp_path):
+    store = SessionStore(tmp_path)
+    store.save("a", [{"role": "user", "content": "x"}], {"tokens": 12, "messages": 1}, model="m")
+    store.save("b", [], {})
+    rows = {r.name: r for r in store.summaries()}
+    assert (rows["a"].model, rows["a"].tokens, rows["a"].messages) == ("m", 12, 1)
+    assert rows["b"].tokens is None
+    store.rename("a", "c")
+    assert store.load("c").transcript == [{"role": "user", "content": "x"}]
+    with pytest.raises(UserError, match="already named 'b'"):
+        store.rename("c", "b")
+    with pytest.raises(UserError, match="no saved session named 'zz'"):
+        store.rename("zz", "y")
+
+
+def test_rename_moves_the_snapshot_along_bumps_the_revision_and_respects_another_instance(tmp_path):
+    st = SessionStore(tmp_path)
+    saved = st.save("a", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"x"))
+    assert st.rename("a", "b", expected_revision=saved.revision) == saved.revision + 1
+    moved = st.load("b")
+    assert moved.revision == saved.revision + 1 and moved.snapshot_path == saved.snapshot_path
+    assert Path(moved.snapshot_path + ".safetensors").read_bytes() == b"x"
+    with pytest.raises(store_mod.SaveConflict, match="was not renamed"):
+        st.rename("b", "c", expected_revision=saved.revision)  # another instance's view: out of date
+    assert [n for n, _ in st.list()] == ["b"]
+    with pytest.raises(UserError, match="non-empty"):
+        st.rename("b", "")
+
+
+def test_delete_with_a_revision_leaves_a_newer_save_alone(tmp_path):
+    st = SessionStore(tmp_path)
+    first = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"1"))
+    newer = st.save("s", TRANSCRIPT, SETTINGS, snapshot=fake_snapshot(b"2"))  # another instance's
+    assert st.delete("s", expected_revision=first.revision) is False
+    assert st.load("s").revision == newer.revision
+    assert st.delete("s", expected_revision=newer.revision) is True
+    assert st.list() == [] and not Path(newer.snapshot_path).parent.exists()
+    assert st.delete("s") is False
+
+
+def test_summaries_leave_damaged_rows_and_odd_counts_out(tmp_path):
+    st = SessionStore(tmp_path)
+    st.save("good", TRANSCRIPT, {"tokens": 5, "messages": True})
+    st.save("bad", TRANSCRIPT, SETTINGS)
+    with sqlite3.connect(st.db_path) as conn:
+        conn.execute("UPDATE sessions SET updated = 'soon' WHERE name = 'bad'")
+    conn.close()
+    rows = st.summaries()
+    assert [(r.name, r.tokens, r.messages) for r in rows] == [("good", 5, None)]

@@ -131,3 +131,46 @@ def test_two_processes_hammering_one_conversation_lose_nothing(tiny_model_dir, t
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     assert len(list((tmp_path / "data" / "snapshots").iterdir())) == 1
+
+
+def test_the_engine_worker_keeps_revisions_through_autosave_rename_and_save_as(tmp_path):
+    """Autosave and rename check the revision too; a lost autosave is told once;
+    /save NEW-NAME keeps this conversation without deleting the winner's save."""
+    import time
+
+    from app import messages as M
+    from app.engine_worker import Chat, EngineWorker, Rename, Resume, Save
+    from app.fake_engine import FakeSession
+
+    SessionStore(tmp_path).save("chat", TURN, {"model": None, "budget": 512, "policy": "h2o"})
+    posts: list = []
+    worker = EngineWorker(posts.append, FakeSession, store=SessionStore(tmp_path))
+
+    def run(*requests) -> None:
+        for request in requests:
+            worker.submit(request)
+        deadline = time.monotonic() + 10
+        time.sleep(0.05)
+        while worker.busy and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def errors() -> list[str]:
+        return [m.text for m in posts if isinstance(m, M.EngineError)]
+
+    worker.start()
+    run(Resume("chat"), Chat("one"))  # autosaved: revision 2
+    other = SessionStore(tmp_path)
+    assert other.load("chat").revision == 2 == worker._revisions["chat"]
+    run(Rename("talk"))  # rename bumps the revision and the worker follows it
+    assert other.load("talk").revision == 3 == worker._revisions["talk"]
+    other.save("talk", TURN, {}, expected_revision=3)  # the other instance saves: revision 4
+    run(Chat("two"), Chat("three"))
+    assert len(errors()) == 1 and "saved by another mlx-kv instance" in errors()[0], errors()
+    assert other.load("talk").transcript == TURN  # theirs is intact
+    run(Rename("mine"))
+    assert len(errors()) == 2 and "was not renamed" in errors()[1]
+    run(Save("mine"))  # keeps this conversation under a new name; theirs stays
+    assert len(errors()) == 2, errors()
+    assert other.load("talk").transcript == TURN and len(other.load("mine").transcript) > len(TURN)
+    assert any("was left as it is" in getattr(m, "text", "") for m in posts)
+    worker.stop()

@@ -1,4 +1,5 @@
-"""The main screen: chat column on the left, dashboard on the right."""
+"""The main screen: chat column on the left (messages, progress bars, the
+context line, the message box), dashboard on the right."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from textual.widgets import Footer, Header
 
 from app.widgets.chat_input import ChatInput
 from app.widgets.chat_log import ChatLog
+from app.widgets.context_bar import ContextBar
 from app.widgets.dashboard import Dashboard
+from app.widgets.download_bar import DownloadBar
 from app.widgets.ingest_bar import IngestBar
 
 
@@ -19,7 +22,9 @@ class MainScreen(Screen):
         with Horizontal(id="main"):
             with Vertical(id="chat-column"):
                 yield ChatLog(id="chat")
+                yield DownloadBar(id="download")
                 yield IngestBar(id="ingest")
+                yield ContextBar(id="context")
                 yield ChatInput(id="input")
             yield Dashboard(id="dashboard")
         yield Footer()
@@ -38,6 +43,14 @@ class MainScreen(Screen):
     @property
     def ingest_bar(self) -> IngestBar:
         return self.query_one(IngestBar)
+
+    @property
+    def download_bar(self) -> DownloadBar:
+        return self.query_one(DownloadBar)
+
+    @property
+    def context_bar(self) -> ContextBar:
+        return self.query_one(ContextBar)
 
     @property
     def input(self) -> ChatInput:

@@ -37,6 +37,11 @@ class ChatLog(VerticalScroll):
     async def add_error(self, text: str) -> ChatLine:
         return await self.add_line(text, "error")
 
+    def move_to_end(self, widget) -> None:
+        """Put a message after everything shown so far (the engine took it up only now)."""
+        if self.children and self.children[-1] is not widget:
+            self.move_child(widget, after=self.children[-1])
+
     async def clear_messages(self) -> None:
         await self.remove_children()
 

@@ -1,4 +1,4 @@
-"""The live dashboard beside the chat: system, heap, layers, pillars.
+"""The live dashboard beside the chat: system, heap, drift, pillars, layers.
 
 Collapsible: F2 (or the command palette) hides it to give the chat the full
 width; each section is a bordered panel so it reads at a glance.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 
+from app.widgets.drift_panel import DriftPanel
 from app.widgets.heap_panel import HeapPanel
 from app.widgets.layer_bars import LayerBars
 from app.widgets.pillar_list import PillarList
@@ -28,6 +29,7 @@ class Dashboard(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield SystemPanel(id="system-panel")
         yield HeapPanel(id="heap-panel")
+        yield DriftPanel(id="drift-panel")
         yield PillarStrip(id="pillar-strip")
         yield PillarList(id="pillar-list")
         yield LayerBars(id="layer-bars")

@@ -3,7 +3,8 @@
 A policy name takes variants after `+`, so one flag compares memory and
 accuracy (or speed) settings side by side: `h2o+q4` / `h2o+q8` store the
 intermediate tier at 4 / 8 bits, `h2o+pyramid` / `h2o+entropy` split the
-total budget across layers, `h2o+noise0.05` ranks with that much rank_noise,
+total budget across layers, `h2o+noise0.05` ranks with that much rank_noise, `h2o+every4` scores
+one decode step in four (the others use the fused kernel),
 `surprise+alpha=1` passes a policy argument.
 """
 
@@ -31,13 +32,15 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
             except ValueError:
                 parsed = value
             settings.setdefault("policy_args", {})[key] = parsed
+        elif variant.startswith("every") and variant[len("every"):].isdigit():
+            settings["score_every"] = int(variant[len("every"):])
         elif variant.startswith("noise"):
             try:
                 settings["rank_noise"] = float(variant[len("noise"):])
             except ValueError:
                 raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
         else:
-            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +noiseX or +arg=value")
+            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +adaptive, +everyN, +noiseX or +arg=value")
     return name, settings
 
 

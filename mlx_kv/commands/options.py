@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 HEAP_FLAGS = ("window", "sinks", "positions", "allocation", "cold_bits")
 # mlx_kv.policies.POLICIES, spelled out so that --help does not load MLX
 # (tests/test_cli.py keeps the two equal).
-POLICY_NAMES = ("h2o", "tova", "snapkv", "streaming", "random", "surprise", "kvzip")
+POLICY_NAMES = ("h2o", "tova", "snapkv", "streaming", "random", "surprise", "kvzip", "keydiff")
 
 
 class SubParsers(Protocol):
@@ -67,8 +67,9 @@ def add_heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
     p.add_argument("--positions", choices=("absolute", "cache"), default=None,
                    help="RoPE positions: absolute, or re-indexed within the cache (default for sessions)")
-    p.add_argument("--allocation", choices=("uniform", "pyramid", "entropy"), default=None,
-                   help="split of the budget across layers (entropy needs `mlx-kv profile` first)")
+    p.add_argument("--allocation", choices=("uniform", "pyramid", "entropy", "adaptive"), default=None,
+                   help="split of the budget across layers (entropy needs `mlx-kv profile` first; adaptive "
+                        "moves it to the layers whose tokens score highest after each replayed chunk: kvzip only)")
     add_cold_bits_option(p)
 
 

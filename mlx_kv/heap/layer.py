@@ -61,6 +61,7 @@ class HeapKVCache(_BaseCache):
         compact_threshold: float = 0.0,
         rank_noise: float = 0.0,
         score_block: int = 256,
+        score_every: int = 1,
         seed: int = 0,
         positions: str = "absolute",
         rope: Any = None,
@@ -85,6 +86,9 @@ class HeapKVCache(_BaseCache):
         self.compact_threshold = float(compact_threshold)
         self.rank_noise = float(rank_noise)
         self.score_block = int(score_block)
+        if int(score_every) < 1:
+            raise ValueError(f"score_every: must be a positive integer, got {score_every!r}")
+        self.score_every = int(score_every)  # decode steps: explicit attention (scores) every Nth call, fused otherwise
         self.seed = int(seed)
         if positions not in ("absolute", "cache"):
             raise ValueError(f"positions: must be 'absolute' or 'cache', got {positions!r}")
@@ -172,7 +176,7 @@ class HeapKVCache(_BaseCache):
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
-        if policy.observes == "none":
+        if policy.observes == "none" or (n_new == 1 and self.calls % self.score_every):
             out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
             sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
@@ -314,7 +318,7 @@ class HeapKVCache(_BaseCache):
             "tenured": self.tenured_cap, "promote_after": self.promote_after,
             "major_every": self.major_every, "collect_batch": self.collect_batch,
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
-            "score_block": self.score_block, "seed": self.seed, "positions": self.position_mode,
+            "score_block": self.score_block, "score_every": self.score_every, "seed": self.seed, "positions": self.position_mode,
             "recovery": self.recovery, "cold_bits": self.cold_bits, "adaptive": self.adaptive,
         }
 
@@ -434,6 +438,17 @@ class HeapKVCache(_BaseCache):
         """Original positions kept by each KV head, in increasing order."""
         pos = self.slots.positions[:, : self.end]
         return [np.sort(row[row >= 0]) for row in pos]
+
+    def cold_positions(self) -> list[np.ndarray]:
+        """Original positions each KV head holds in the cold (quantized) tier, in increasing order."""
+        pos = self.slots.positions[:, : self.slots.hot0]
+        return [np.sort(row[row >= 0]) for row in pos]
+
+    def spilled_positions(self) -> list[np.ndarray]:
+        """Original positions each KV head holds on disk (the recovery tier; empty without one)."""
+        if self.store is None:
+            return [np.zeros(0, np.int64) for _ in range(self.slots.n_heads)]
+        return self.store.spilled_positions()
 
     def token_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions, scores) per (kv_head, live slot) as the policy sees them now."""

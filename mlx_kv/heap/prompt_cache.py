@@ -53,6 +53,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             compact_threshold=config.compact_threshold,
             rank_noise=config.rank_noise,
             score_block=config.score_block,
+            score_every=config.score_every,
             seed=config.seed + layer,
             positions=config.positions,
             rope=_layer_rope(model, layer) if config.positions == "cache" else None,

@@ -235,6 +235,18 @@ class RecoveryStore:
         self.recalled += count * self.page_size
         return out
 
+    def spilled_positions(self) -> list[np.ndarray]:
+        """Positions held per head, on disk and pending; reads only each page's positions."""
+        n, D, Dv = self.page_size, self.head_dim, self.value_dim
+        at = n * (D + 4 + Dv + 4)  # a page's positions follow its keys, values and scales
+        out: list[list[np.ndarray]] = [[np.asarray(p.positions, np.int64)] for p in self.pending]
+        if self.table.n:
+            with open(self.path, "rb") as f:
+                for head, offset in zip(self.table.head.tolist(), self.table.offset.tolist()):
+                    f.seek(offset + at)
+                    out[head].append(np.frombuffer(f.read(8 * n), np.int64))
+        return [np.concatenate(parts) for parts in out]
+
     def stats(self) -> dict[str, int]:
         return {"pages": self.table.n, "disk_bytes": self.file_bytes, "live_bytes": self.live_bytes,
                 "table_bytes": self.table.nbytes,

@@ -206,10 +206,15 @@ class SlotTable:
     def host_view(self, end: int, reads: tuple[str, ...]) -> dict[str, np.ndarray]:
         """What a policy reads at a collection, slots [0, end): host copies of
         the accumulators it `reads` (zeros for the others: no device sync for
-        what nobody looks at) and the host fields as they are."""
+        what nobody looks at), the keys or values (1, H, slots, D -> H, slots, D,
+        the cold tier's dequantized) only if it reads them, and the host
+        fields as they are."""
         view = {}
         for f in self.fields:
-            if f.folded:
+            if f.model_rows:
+                if f.name in reads:
+                    view[f.name] = np.array(self.full(f.name, end)[0])
+            elif f.folded:
                 view[f.name] = np.array(self.used(f.name, end)) if f.name in reads else np.zeros((self.n_heads, end))
             elif not f.device:
                 view[f.name] = self.used(f.name, end)

@@ -2,6 +2,7 @@
 
 from mlx_kv.policies.base import Policy, SlotView
 from mlx_kv.policies.h2o import H2O
+from mlx_kv.policies.keydiff import KeyDiff
 from mlx_kv.policies.kvzip import KVzip
 from mlx_kv.policies.random import Random
 from mlx_kv.policies.snapkv import SnapKV
@@ -10,7 +11,7 @@ from mlx_kv.policies.surprise import Surprise
 from mlx_kv.policies.tova import TOVA
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (H2O, TOVA, SnapKV, Streaming, Random, Surprise, KVzip)
+    cls.name: cls for cls in (H2O, TOVA, SnapKV, Streaming, Random, Surprise, KVzip, KeyDiff)
 }
 
-__all__ = ["POLICIES", "Policy", "SlotView", "H2O", "TOVA", "SnapKV", "Streaming", "Random", "Surprise", "KVzip"]
+__all__ = ["POLICIES", "Policy", "SlotView", "H2O", "TOVA", "SnapKV", "Streaming", "Random", "Surprise", "KVzip", "KeyDiff"]
