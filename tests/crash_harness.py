@@ -258,7 +258,8 @@ def session_problems(r: dict) -> list[str]:
     if r["exact"] is False:
         out.append("the acknowledged save changed")
     if r["bak"] is None:
-        out.append("no loadable .bak")
+        if max(r["acked"], r["loaded"]) >= 2:  # the first save has no previous file to keep as .bak
+            out.append("no loadable .bak")
     elif r["acked"] >= 2 and r["bak"] not in (r["loaded"] - 1, r["loaded"]):
         out.append(".bak is not the save before")
     if any(not name.startswith(".mlxkv-") for name in r["litter"]):
