@@ -117,3 +117,27 @@ def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies(tiny_model
     recon = np.array(layer.slots.recon[:, : layer.end])
     newest = layer.slots.positions[:, : layer.end] >= layer.tokens_seen - 3  # the reply's last tokens
     assert (recon[newest] > 0).all()
+
+
+@pytest.mark.parametrize("settings", [
+    {"cold_bits": 4},
+    {"recovery": "4MB", "positions": "cache"},
+    {"cold_bits": 8, "positions": "cache", "allocation": "adaptive"},
+], ids=["cold4", "recovery-cache", "cold8-cache-adaptive"])
+def test_replay_composes_with_the_cold_tier_recovery_and_cache_positions(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_KV_CACHE_DIR", str(tmp_path))  # the recovery tier's pages land here
+    model = build_model("llama", hidden_size=128, intermediate_size=256)  # head_dim 32: quantizable
+    tokens = np.random.default_rng(4).integers(0, 101, size=360).tolist()
+    heap = make_heap_cache(model, HeapConfig(budget=120, window=16, policy="kvzip", **settings))
+    total = sum(layer.budget for layer in heap)
+    try:
+        out = run(model, heap, tokens, REPLAY, chunk=90)
+    finally:
+        uninstall(model)
+    assert np.isfinite(out).all()
+    assert all(layer.tokens_seen == 380 for layer in heap)  # 360 read + 20 decoded; no replay token stayed
+    assert sum(layer.live for layer in heap) <= total + sum(layer.collect_batch for layer in heap)
+    if settings.get("cold_bits"):
+        assert all(layer.cold_tokens > 0 for layer in heap)
+    if settings.get("recovery"):
+        assert all(layer.store.page_count > 0 for layer in heap)
