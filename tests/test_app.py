@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,33 @@ class SlowIngestSession(FakeSession):
     ingest_chunk = 500
 
 
+class GatedReplySession(ShortSlowSession):
+    """Streams half its reply, then waits for the test to have seen it: on a
+    loaded machine the whole reply can otherwise land between two looks."""
+
+    gate = threading.Event()
+
+    def chat(self, *args, **kwargs):
+        for i, piece in enumerate(super().chat(*args, **kwargs)):
+            if i == 8:
+                type(self).gate.wait(20)
+            yield piece
+
+
+class GatedIngestSession(SlowIngestSession):
+    """Reads its first chunk, then waits for the test (see GatedReplySession)."""
+
+    gate = threading.Event()
+
+    def ingest(self, *args, progress=None, **kwargs):
+        def gated(report):
+            if progress is not None:
+                progress(report)
+            type(self).gate.wait(20)
+
+        return super().ingest(*args, progress=gated, **kwargs)
+
+
 def make_app(tmp_path: Path, session_cls=FakeSession, probe=None, **kw) -> MlxKvApp:
     return MlxKvApp(
         session_cls=session_cls,
@@ -104,7 +132,8 @@ def replies(app):
 
 
 async def test_tokens_stream_in_and_appear(tmp_path):
-    app = make_app(tmp_path, ShortSlowSession)
+    GatedReplySession.gate.clear()
+    app = make_app(tmp_path, GatedReplySession)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         await pilot.press(*"hello", "enter")
@@ -114,6 +143,7 @@ async def test_tokens_stream_in_and_appear(tmp_path):
             rs = replies(app)
             if rs and rs[0].text:
                 seen.add(rs[0].text)
+                GatedReplySession.gate.set()  # seen part of it: the rest may come
             return bool(rs) and not rs[0].streaming
 
         await wait_for(pilot, progressed, what="reply done")
@@ -544,14 +574,17 @@ async def test_a_message_sent_during_a_load_shows_after_the_loaded_line(tmp_path
     moves below the load's own 'loaded' line, where the engine took it up."""
     doc = tmp_path / "doc.txt"
     doc.write_text("alpha beta gamma delta " * 1500)
-    app = make_app(tmp_path, SlowIngestSession)
+    GatedIngestSession.gate.clear()
+    app = make_app(tmp_path, GatedIngestSession)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         await type_line(pilot, f"/load {doc}")
         await wait_for(pilot, lambda: app.main.ingest_bar.active, what="loading")
         await type_line(pilot, "what does it say?")
         user = app.main.chat.query("UserMessage").last()
-        assert user.has_class("queued")
+        queued = user.has_class("queued")
+        GatedIngestSession.gate.set()
+        assert queued
         await wait_for(pilot, lambda: replies(app) and not replies(app)[0].streaming, timeout=15, what="reply")
         order = [type(w).__name__ + ":" + getattr(w, "text", "")[:6] for w in app.main.chat.children]
         loaded = next(i for i, w in enumerate(order) if w.startswith("ChatLine:loaded"))
