@@ -89,6 +89,53 @@ def grouped_attention(
     return Attended(out, weight_sum, count, last_row)
 
 
+def packed_cold_attention(
+    queries: mx.array,
+    cold_keys: tuple[mx.array, mx.array, mx.array],
+    cold_values: tuple[mx.array, mx.array, mx.array],
+    hot_keys: mx.array,
+    hot_values: mx.array,
+    scale: float,
+    *,
+    bits: int,
+    group_size: int,
+    dead_bias: mx.array | None = None,
+    scored: bool = False,
+    keep_last_row: bool = False,
+) -> Attended:
+    """One decode token's attention over the cold tier's packed rows followed
+    by the hot slots, multiplying the packed words directly
+    (`mx.quantized_matmul`, as mlx-lm's QuantizedKVCache does) instead of
+    dequantizing the tier into temporaries at every step: the tier is read
+    at its stored width, which is the point of storing it so.
+
+    cold_keys / cold_values: (words, scales, biases), each (1, H, n_cold, *).
+    hot_keys / hot_values: (1, H, n_hot, D); dead_bias: (H, n_cold + n_hot).
+    With `scored`, the weights summed over the group's query heads (and
+    the count of heads that saw each key), as grouped_attention returns them.
+    """
+    B, n_q, S, D = queries.shape
+    H = hot_keys.shape[1]
+    G = n_q // H
+    q = (queries * scale).reshape(B, H, G * S, D)
+    quantized = dict(group_size=group_size, bits=bits)
+    s = mx.concatenate([mx.quantized_matmul(q, *cold_keys, transpose=True, **quantized),
+                        q @ hot_keys.swapaxes(-1, -2)], axis=-1).astype(mx.float32)
+    if dead_bias is not None:
+        s = s + dead_bias[None, :, None, :]
+    w = mx.softmax(s, axis=-1, precise=True)
+    n_cold = cold_keys[0].shape[2]
+    wv = w.astype(hot_values.dtype)
+    out = (mx.quantized_matmul(wv[..., :n_cold], *cold_values, transpose=False, **quantized)
+           + wv[..., n_cold:] @ hot_values).reshape(B, n_q, S, -1)
+    L = w.shape[-1]
+    last_row = w.reshape(H, G, S, L)[:, :, -1, :] if keep_last_row else None
+    if not scored:
+        return Attended(out, None, None, last_row)
+    weights = w.reshape(B, H, G * S, L).sum(axis=2)[0]
+    return Attended(out, weights, mx.full((H, L), float(G * S)), last_row)
+
+
 def replay_weights(queries: mx.array, keys: mx.array, scale: float, domain_bias: mx.array, *,
                    first_query_slot: int, block: int = 256) -> mx.array:
     """For each key (1, H, L, D), the most weight any of the queries (1, Hq, S, D)

@@ -178,3 +178,54 @@ def test_cold_bits_must_be_4_or_8():
         HeapConfig(cold_bits=3)
     with pytest.raises(ValueError, match="head_dim 48"):
         group_size_for(48)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_packed_cold_attention_equals_attention_over_the_dequantized_tier(bits):
+    from mlx_kv.attention import grouped_attention, packed_cold_attention
+
+    rng = mx.random.key(7)
+    k1, k2, k3, k4 = mx.random.split(rng, 4)
+    H, G, D, n_cold, n_hot = 2, 3, 64, 40, 25
+    queries = mx.random.normal((1, H * G, 1, D), key=k1)
+    cold_k, cold_v = (mx.random.normal((1, H, n_cold, D), key=k) for k in (k2, k3))
+    hot_k, hot_v = mx.split(mx.random.normal((1, H, 2 * n_hot, D), key=k4), 2, axis=2)
+    tier = ColdTier(bits)
+    packed_k, packed_v = tier.quantize(cold_k), tier.quantize(cold_v)
+    keys = mx.concatenate([tier._dequantize(packed_k), hot_k], axis=2)
+    values = mx.concatenate([tier._dequantize(packed_v), hot_v], axis=2)
+    bias = mx.array(np.where(np.random.default_rng(0).random((H, n_cold + n_hot)) < 0.2, -np.inf, 0).astype(np.float32))
+    want = grouped_attention(queries, keys, values, 0.125, first_query_slot=None, dead_bias=bias, score_rows=(0, 1),
+                             keep_last_row=True)
+    got = packed_cold_attention(queries, packed_k, packed_v, hot_k, hot_v, 0.125, bits=bits, group_size=64,
+                                dead_bias=bias, scored=True, keep_last_row=True)
+    for name in ("output", "weights", "count", "last_row"):
+        np.testing.assert_allclose(np.array(getattr(got, name)), np.array(getattr(want, name)), atol=2e-5, err_msg=name)
+    assert packed_cold_attention(queries, packed_k, packed_v, hot_k, hot_v, 0.125, bits=bits, group_size=64).weights is None
+
+
+def test_decoding_over_the_packed_cold_tier_gives_the_dequantizing_path_logits(monkeypatch):
+    """Decode steps attend the packed rows; the logits and the kept tokens are
+    those of attending the dequantized tier (the path positions="cache" takes)."""
+    from mlx_kv.attention import grouped_attention
+    from mlx_kv.heap import layer as layer_module
+
+    model = _model()
+    tokens = np.random.default_rng(5).integers(0, 101, size=300)
+    config = HeapConfig(budget=128, sinks=4, window=16, cold_bits=4, positions="absolute")
+    calls = []
+    packed = layer_module.packed_cold_attention
+    monkeypatch.setattr(layer_module, "packed_cold_attention", lambda *a, **k: calls.append(1) or packed(*a, **k))
+    fast_cache, fast = _run(model, config, tokens, decode=30)
+    assert len(calls) >= 30 * len(model.layers) * 0.9  # nearly every decode step had cold tokens
+
+    def dequantizing(self, queries, scale, dead_bias, scored, sample):
+        keys, values = self._full_kv()
+        return grouped_attention(queries, keys, values, scale, first_query_slot=None, dead_bias=dead_bias,
+                                 score_rows=(0, 1) if scored else (0, 0), keep_last_row=sample)
+
+    monkeypatch.setattr(layer_module.HeapKVCache, "_attend_packed_cold", dequantizing)
+    slow_cache, slow = _run(model, config, tokens, decode=30)
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+    for a, b in zip(fast_cache, slow_cache):
+        assert [list(k) for k in a.kept_positions()] == [list(k) for k in b.kept_positions()]

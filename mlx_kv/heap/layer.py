@@ -32,8 +32,9 @@ import numpy as np
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import _BaseCache
 
-from mlx_kv.attention import attention_summary, grouped_attention, masked_attention, query_block, replay_weights
-from mlx_kv.heap.cold import ColdTier
+from mlx_kv.attention import (attention_summary, grouped_attention, masked_attention, packed_cold_attention, query_block,
+                              replay_weights)
+from mlx_kv.heap.cold import ColdTier, group_size_for
 from mlx_kv.heap.collector import collect, compaction_order, noisy, protected_mask, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore, lost_note
 from mlx_kv.heap.slots import SlotTable, slot_bytes
@@ -176,17 +177,22 @@ class HeapKVCache(_BaseCache):
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
-        if policy.observes == "none" or (n_new == 1 and self.calls % self.score_every):
+        scored = not (policy.observes == "none" or (n_new == 1 and self.calls % self.score_every))
+        sample = scored and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
+        if n_new == 1 and self.slots.hot0 and self.position_mode == "absolute":
+            # (positions="cache" owes each cold key its own RoPE shift, so it attends the dequantized tier)
+            out, weights, count, last_row = self._attend_packed_cold(queries, scale, dead_bias, scored, sample)
+        elif not scored:
             out = masked_attention(queries, keys, values, scale, dead_bias)
         else:
-            sample = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
             out, weights, count, last_row = grouped_attention(
                 queries, keys, values, scale, first_query_slot=first, dead_bias=dead_bias,
                 score_rows=policy.score_rows(n_new), block=query_block(self.score_block, queries.shape[1], self.end),
                 keep_last_row=sample,
             )
-            if sample:
-                self.attention_stats = attention_summary(last_row, self._live)
+        if sample:
+            self.attention_stats = attention_summary(last_row, self._live)
+        if scored and weights is not None:
             self.slots.fold(self.end, policy.accumulate, weights, count)
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
@@ -264,6 +270,15 @@ class HeapKVCache(_BaseCache):
                                  block=query_block(self.score_block, queries.shape[1], self.end))
         self.slots.fold(self.end, lambda folded, w, _: self.policy.fold_replay(folded, w), weights, None)
         return masked_attention(queries, keys, values, scale, dead_bias)
+
+    def _attend_packed_cold(self, queries, scale, dead_bias, scored, sample):
+        """A decode token over the cold tier's packed rows and the hot slots (attention.packed_cold_attention)."""
+        slots, cold = self.slots, self.slots.cold
+        head_dim = slots.keys.shape[-1]
+        return packed_cold_attention(
+            queries, cold.rows["keys"], cold.rows["values"], slots.used("keys", self.end), slots.used("values", self.end),
+            scale, bits=cold.bits, group_size=group_size_for(head_dim), dead_bias=dead_bias, scored=scored,
+            keep_last_row=sample)
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
         # `attend` builds its own masks; this serves code that bypasses the hook.
