@@ -224,7 +224,8 @@ async def test_escape_stops_a_load(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         await type_line(pilot, f"/load {doc}")
-        await wait_for(pilot, lambda: app.main.ingest_bar.active and hasattr(app.main.ingest_bar, "stats_text"), what="progress")
+        await wait_for(pilot, lambda: app.main.ingest_bar.active and "tok/s" in getattr(app.main.ingest_bar, "stats_text", ""),
+                       what="progress")
         await pilot.press("escape")
         await wait_for(pilot, lambda: any("stopped loading big.txt" in l for l in app.main.chat.lines()), timeout=3, what="stop")
         assert not app.main.ingest_bar.active
