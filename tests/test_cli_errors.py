@@ -79,3 +79,12 @@ def test_replace_loads_undecodable_text(bad_inputs, tiny_model_dir):
     result = run_cli("ingest", f"{bad_inputs}/latin1.txt", "--model", str(tiny_model_dir), "--errors", "replace")
     assert result.returncode == 0, result.stderr
     assert "loaded latin1.txt" in result.stderr
+
+
+def test_headmask_outside_the_compress_setting_is_one_line_before_any_model_loads(capsys):
+    from mlx_kv.cli import main
+
+    assert main(["bench", "niah", "--model", "/no/such/model", "--policies", "kvzip+headmask",
+                 "--setting", "stream"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--setting compress" in err[0]

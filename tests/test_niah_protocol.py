@@ -98,3 +98,61 @@ def test_compress_from_one_shared_prefill_equals_its_own_prefill_per_ratio(tiny)
     for ratio, trial in shared.items():
         alone = runner.trial(sample, "h2o", ratio, "compress")
         assert (trial.prediction, trial.kv_bytes) == (alone.prediction, alone.kv_bytes)
+
+
+def test_headmask_compresses_as_kvpress_does_masking_pairs_ranked_across_layers_and_heads(tiny):
+    from mlx_kv.bench import niah
+    from mlx_kv.heap import prompt_cache
+
+    model, tokenizer = tiny
+    runner = Runner(model, tokenizer)
+    sample = make_sample("single_needle", 600, tokenizer, seed=6)
+    seen = {}
+    hide = prompt_cache.hide_globally
+
+    def spy(cache, keep):
+        seen["visible"] = hide(cache, keep)
+        seen["counts"] = [[int(((layer.slots.positions[h, :layer.end] >= 0)).sum()) - len(layer._hidden[h][layer._hidden[h] >= 0])
+                           for h in range(layer.slots.n_heads)] for layer in cache]
+        seen["keep"], seen["heads"] = keep, sum(layer.slots.n_heads for layer in cache)
+        return seen["visible"]
+
+    niah.hide_globally = spy
+    try:
+        masked = runner.compress_trials(sample, "h2o+headmask", [0.75])[0.75]
+    finally:
+        niah.hide_globally = hide
+    freed = runner.compress_trials(sample, "h2o", [0.75])[0.75]
+    assert seen["visible"] == seen["keep"] * seen["heads"]  # the same pairs in all as the heap keeps
+    assert sum(map(sum, seen["counts"])) == seen["visible"]
+    assert len({c for layer in seen["counts"] for c in layer}) > 1  # heads and layers end with different counts
+    assert masked.kv_bytes > freed.kv_bytes  # nothing is freed
+    with pytest.raises(ValueError, match="compress setting only"):
+        runner.trial(sample, "h2o+headmask", 0.75, "stream")
+
+
+def test_a_hidden_slot_is_invisible_to_its_head_only():
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_kv.heap.layer import HeapKVCache
+
+    rng = np.random.default_rng(0)
+    H, G, D, T = 2, 2, 16, 40
+    keys, values = (mx.array(rng.normal(size=(1, H, T, D)).astype(np.float32)) for _ in range(2))
+    queries = mx.array(rng.normal(size=(1, H * G, 1, D)).astype(np.float32))
+    layer = HeapKVCache(budget=100, sinks=2, window=4)
+    layer.update_and_fetch(keys, values)
+    visible = np.ones((H, T), bool)
+    visible[0, 5:20] = False
+    visible[1, 30:33] = False
+    layer.hide(visible)
+    k, v = layer.update_and_fetch(*(mx.zeros((1, H, 1, D)) for _ in range(2)))
+    out = np.array(layer.attend(queries, k, v, scale=0.25))[0]
+    k, v = np.array(k)[0], np.array(v)[0]
+    for qh in range(H * G):
+        h = qh // G
+        seen = np.append(visible[h], True)
+        s = 0.25 * k[h][seen] @ np.array(queries)[0, qh, 0]
+        w = np.exp(s - s.max())
+        np.testing.assert_allclose(out[qh, 0], (w / w.sum()) @ v[h][seen], atol=1e-5)

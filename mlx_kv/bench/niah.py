@@ -33,7 +33,7 @@ from mlx_kv.bench.variants import policy_config
 from mlx_kv.chat_format import ChatFormat
 from mlx_kv.generate import decode, prefill
 from mlx_kv.heap.layer import default_collect_batch
-from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, rebalance, total_bytes
+from mlx_kv.heap.prompt_cache import clone_heap, hide_globally, make_heap_cache, rebalance, total_bytes
 from mlx_kv.hook import heap_hook
 from mlx_kv.replay import Replay
 from mlx_kv.tasks import answer_text, make_sample
@@ -155,6 +155,8 @@ class Runner:
     def trial(self, sample, policy: str, prune_ratio: float, setting: str, prompt: Prompt | None = None) -> Trial:
         if setting not in SETTINGS:
             raise ValueError(f"setting: {setting!r} is not one of {', '.join(SETTINGS)}")
+        if split_headmask(policy)[1]:
+            raise ValueError(f"policies: {policy} masks one exact prefill (kvpress's protocol): compress setting only")
         p = prompt or self.prompt(sample)
         keep = heap_budget(len(p.doc), prune_ratio, self.sinks, self.window)
         if setting == "aware":
@@ -174,6 +176,7 @@ class Runner:
         ratio compresses its own copy once, as a heap of that budget would
         have at the end of its one chunk."""
         p = prompt or self.prompt(sample)
+        policy, masked = split_headmask(policy)
         keeps = {r: heap_budget(len(p.doc), r, self.sinks, self.window) for r in ratios}
         window = min(self.window, max(1, (min(keeps.values()) - self.sinks) // 4))
         config = policy_config(policy, self.profile, budget=len(p.doc) + 1, sinks=self.sinks, window=window)
@@ -184,7 +187,9 @@ class Runner:
             cache = clone_heap(read)
             for layer in cache:
                 layer.collect_batch = default_collect_batch(keep)
-            if cache[0].adaptive:
+            if masked:
+                hide_globally(cache, keep)
+            elif cache[0].adaptive:
                 rebalance(cache, keep * len(cache))
             else:
                 for layer in cache:
@@ -199,6 +204,14 @@ class Runner:
         _widen(cache, p.answer_limit)
         prediction = self.answer(cache, logits, p.answer_limit, enough=lambda text: sample.score(text) == 1.0)
         return Trial(float(sample.score(prediction)), kv_bytes, prediction)
+
+
+def split_headmask(policy: str) -> tuple[str, bool]:
+    """`kvzip+headmask`: the compress setting done as kvpress does it, every
+    layer's (head, token) pairs ranked together and the losers masked, not
+    freed (prompt_cache.hide_globally); the policy without it, and whether it was there."""
+    parts = policy.split("+")
+    return "+".join(p for p in parts if p != "headmask"), "headmask" in parts[1:]
 
 
 def _widen(cache: list, tokens: int) -> None:
@@ -223,6 +236,9 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
     """Every (task, setting, policy, ratio) on the same samples; `full` once per prompt shape."""
     runner = Runner(model, tokenizer, window=window, profile=profile)
     policies, ratios, settings = list(policies), list(ratios), list(settings)
+    masked = [p for p in policies if split_headmask(p)[1]]
+    if masked and set(settings) != {"compress"}:
+        raise ValueError(f"policies: {masked[0]} masks one exact prefill (kvpress's protocol): use --setting compress")
     name = haystack.name if haystack is not None else "filler"
     cells = []
     with heap_hook(model):

@@ -63,13 +63,16 @@ def run(args: argparse.Namespace) -> int:
     for task in args.tasks:
         if task not in TASKS:
             raise UserError(f"tasks: unknown task {task!r}; choose from {', '.join(TASKS)}")
-    profile = check_policies(args.policies, args.model, also=("full",))
+    settings = settings_from(args.setting)
+    masked = [p for p in args.policies if niah.split_headmask(p)[1]]
+    if masked and settings != ["compress"]:
+        raise UserError(f"policies: {masked[0]} masks one exact prefill (kvpress's protocol): use --setting compress")
+    profile = check_policies([niah.split_headmask(p)[0] for p in args.policies], args.model, also=("full",))
     for r in args.ratios:
         if not 0.0 <= r < 1.0:
             raise UserError(f"ratios: {r} is not a fraction in [0, 1)")
     if args.trials < 1 or args.context < 16:
         raise UserError("trials must be >= 1 and context >= 16 tokens")
-    settings = settings_from(args.setting)
     haystack = load_haystack(args.haystack)
     model, tokenizer, name = load_model(args.model, weights=args.weights)
     if args.dtype:

@@ -127,6 +127,7 @@ class HeapKVCache(_BaseCache):
         self._replay: tuple[int, int, int] | None = None  # while a replay runs: its span's positions, tokens before it
         self._replay_expected = False  # a driver replays this heap's chunks (see expect_replay)
         self.calls = 0
+        self._hidden: np.ndarray | None = None  # (H, n) original positions each head keeps stored but masked (hide)
         self.attention_stats: dict[str, mx.array] = {}  # sampled: entropy, top-1%/5% shares
         self._rng = np.random.default_rng(self.seed)
 
@@ -173,6 +174,8 @@ class HeapKVCache(_BaseCache):
         self.calls += 1
         first = None if self._reused is not None else self.end - n_new
         dead_bias = self.slots.bias[:, : self.end] if self._live < self.end else None
+        if self._hidden is not None:
+            dead_bias = self._hidden_bias(dead_bias)
         keys = self.shifts.keys(self.rope, self.slots, keys, self.end, self._query_base - (self._live - n_new))
         policy = self.policy
         if self._replay is not None:
@@ -270,6 +273,22 @@ class HeapKVCache(_BaseCache):
                                  block=query_block(self.score_block, queries.shape[1], self.end))
         self.slots.fold(self.end, lambda folded, w, _: self.policy.fold_replay(folded, w), weights, None)
         return masked_attention(queries, keys, values, scale, dead_bias)
+
+    def hide(self, visible: np.ndarray) -> None:
+        """Mask, per KV head, the live slots [0, end) where `visible` (H, end)
+        is False: attention no longer sees them but nothing is freed. This is
+        kvpress's way of giving heads different counts (it masks instead of
+        evicting); the benchmarks use it to compare with that protocol, since
+        the heap's own arrays keep one count for the heads of a layer."""
+        pos = self.slots.positions[:, : self.end]
+        hidden = np.where(~visible & (pos >= 0), pos, -1)
+        self._hidden = np.sort(hidden, axis=1)
+
+    def _hidden_bias(self, bias: mx.array | None) -> mx.array:
+        pos = self.slots.positions[:, : self.end]
+        hide = np.stack([np.isin(row, hidden[hidden >= 0]) for row, hidden in zip(pos, self._hidden)]) & (pos >= 0)
+        extra = mx.array(np.where(hide, -np.inf, 0.0).astype(np.float32))
+        return extra if bias is None else bias + extra
 
     def _attend_packed_cold(self, queries, scale, dead_bias, scored, sample):
         """A decode token over the cold tier's packed rows and the hot slots (attention.packed_cold_attention)."""

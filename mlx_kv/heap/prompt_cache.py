@@ -17,6 +17,7 @@ import numpy as np
 from mlx_kv.budget import allocate_by_scores, kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.cold import group_size_for
+from mlx_kv.heap.collector import protected_mask
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
 from mlx_kv.hook import install
 from mlx_kv.policies import Policy
@@ -107,6 +108,33 @@ def rebalance(cache: list[HeapKVCache], total: int | None = None) -> None:
     budgets = allocate_by_scores([f[0] for f in found], [f[1] for f in found], total, minimum)
     for layer, budget in zip(cache, budgets):
         layer.set_budget(budget)
+
+
+def hide_globally(cache: list[HeapKVCache], keep: int) -> int:
+    """kvpress's KVzip protocol: every layer's (KV head, token) pairs ranked
+    together by the policy's score, the best `keep` x layers x heads left
+    visible (sinks and the young window always), the others masked in place
+    (HeapKVCache.hide); heads and layers end with different counts and no
+    byte is freed. Returns the pairs left visible."""
+    found = []
+    for layer in cache:
+        pos, scores = layer.token_scores()
+        protect = protected_mask(pos, layer.tokens_seen, layer.sinks, layer.window)
+        found.append((pos >= 0, protect, np.where((pos >= 0) & ~protect, scores, -np.inf)))
+    heads = sum(protect.shape[0] for _, protect, _ in found)
+    room = keep * heads - sum(int(protect.sum()) for _, protect, _ in found)
+    flat = np.concatenate([scores.reshape(-1) for _, _, scores in found])
+    best = np.argsort(-flat, kind="stable")[: max(room, 0)]
+    chosen = np.zeros(flat.shape, bool)
+    chosen[best] = np.isfinite(flat[best])
+    start, visible_total = 0, 0
+    for layer, (alive, protect, scores) in zip(cache, found):
+        n = scores.size
+        visible = protect | chosen[start:start + n].reshape(scores.shape)
+        layer.hide(visible)
+        visible_total += int((visible & alive).sum())
+        start += n
+    return visible_total
 
 
 def set_budgets(cache: list[HeapKVCache], budgets: list[int]) -> None:
