@@ -30,3 +30,24 @@ def test_a_20k_token_stream_under_a_1k_budget_keeps_heap_bytes_constant_after_wa
     assert SUMMARY_KEYS <= set(summary)
     assert summary["tokens"] == 20_000 and summary["budget_tokens"] == 1024
     assert summary["needles_total"] == 3 and 0 <= summary["needles_found"] <= 3
+    assert summary["layer_budgets"] == [1024, 1024]  # one budget per layer without +adaptive
+    for needle in summary["needles"]:  # whether each needle was evicted, or kept and not read
+        assert 0 <= needle["value_kept_share"] <= 1 and 0 <= needle["kept_share"] <= 1
+
+
+def test_kept_share_is_the_share_of_layer_heads_holding_each_needle_token():
+    import numpy as np
+
+    from mlx_kv.bench.stream import kept_share
+
+    class Layer:
+        def __init__(self, *heads):
+            self.heads = [np.array(h) for h in heads]
+
+        def kept_positions(self):
+            return self.heads
+
+    cache = [Layer([10, 11, 12], [10]), Layer([], [11, 12])]
+    assert kept_share(cache, 10, range(3)) == round((1 + 1 / 3 + 0 + 2 / 3) / 4, 4)
+    assert kept_share(cache, 10, [0]) == 0.5
+    assert np.isnan(kept_share(cache, 10, []))

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 import mlx.core as mx
+import numpy as np
 import psutil
 
 from mlx_kv.bench.niah import Runner
@@ -45,6 +46,17 @@ def found_in(answer: str, value: str) -> bool:
     return value.lower() in re.findall(r"[a-z0-9]+", answer.lower())
 
 
+def kept_share(cache: list, start: int, offsets) -> float:
+    """The share of (layer, KV head) pairs still holding the tokens at
+    positions start + offsets, averaged over those tokens: whether a needle
+    the model failed to recall was evicted or kept and not read."""
+    wanted = [start + i for i in offsets]
+    if not wanted:
+        return float("nan")
+    held = [np.isin(wanted, kept).mean() for layer in cache for kept in layer.kept_positions()]
+    return round(float(np.mean(held)), 4)
+
+
 def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed: int = 0,
            emit: Callable[[dict], None] = lambda r: None, haystack: Any = None) -> dict:
     """haystack: a mlx_kv.haystack.Prose to stream instead of the generated filler."""
@@ -69,8 +81,9 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         while fed < tokens:
             if next_needle < len(needles) and fed >= needles[next_needle][0] * tokens:
                 _, key, value = needles[next_needle]
-                needle_at.append(fed + len(pending))  # the token position the needle sentence starts at
-                pending += encode(" " + needle_sentence(key, value))
+                sentence = encode(" " + needle_sentence(key, value))
+                needle_at.append((fed + len(pending), sentence))  # the token position the sentence starts at
+                pending += sentence
                 next_needle += 1
             while len(pending) < CHUNK:
                 pending += encode(" " + more_text())
@@ -94,17 +107,21 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                 next_record += 0.1
         found = []
         runner = Runner(model, tokenizer)
-        for (depth, key, value), position in zip(needles, needle_at):
+        for (depth, key, value), (position, sentence) in zip(needles, needle_at):
             _, tail = template_parts(tokenizer, f"What is the special magic number for {key} ?")
             probe = clone_heap(cache)
             logits = runner.prefill(probe, encode(tail), previous=last)
             answer = runner.answer(probe, logits, 32, enough=lambda text: found_in(text, value))
+            digits = [i for i, t in enumerate(sentence) if any(c.isdigit() for c in tokenizer.decode([t]))]
             found.append({"depth": depth, "position": position, "key": key, "value": value, "answer": answer.strip(),
-                          "found": found_in(answer, value)})
+                          "found": found_in(answer, value),
+                          "kept_share": kept_share(cache, position, range(len(sentence))),
+                          "value_kept_share": kept_share(cache, position, digits)})
     first, last = records[0], records[-1]
     tps = [r["tokens_per_s"] for r in records]
     summary = {
-        "tokens": fed, "budget_tokens": cache[0].budget, "policy": config.policy,
+        "tokens": fed, "budget_tokens": config.budget, "policy": config.policy,
+        "layer_budgets": [min(layer.budget for layer in cache), max(layer.budget for layer in cache)],
         "positions": config.positions,
         "peak_rss_mb": max(r["rss_mb"] for r in records),
         "rss_growth_pct": round(100.0 * (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"], 2),
