@@ -24,6 +24,13 @@ def test_allocation_variants():
     assert parse_policy("snapkv+entropy+q4") == ("snapkv", {"allocation": "entropy", "cold_bits": 4})
 
 
+def test_recover_switches_the_recovery_tier_on():
+    from mlx_kv.bench.variants import policy_config
+
+    assert parse_policy("snapkv+recover") == ("snapkv", {"recovery": "1GB"})
+    assert policy_config("kvzip+adaptive+recover", budget=256).recovery_settings()["max_bytes"] == 10**9
+
+
 def test_the_profile_path_of_a_hub_model_is_the_same_in_every_process():
     import subprocess
     import sys

@@ -4,7 +4,8 @@ A policy name takes variants after `+`, so one flag compares memory and
 accuracy (or speed) settings side by side: `h2o+q4` / `h2o+q8` store the
 intermediate tier at 4 / 8 bits, `h2o+pyramid` / `h2o+entropy` split the
 total budget across layers, `h2o+noise0.05` ranks with that much rank_noise, `h2o+every4` scores
-one decode step in four (the others use the fused kernel),
+one decode step in four (the others use the fused kernel), `h2o+recover` spills
+evicted tokens to the recovery tier (1 GB of disk, 10^9 bytes) for a question to recall,
 `surprise+alpha=1` passes a policy argument.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from mlx_kv.config import HeapConfig
+
+RECOVERY_ALLOWANCE = "1GB"
 
 
 def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
@@ -23,6 +26,8 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
     for variant in variants:
         if variant in ("q4", "q8"):
             settings["cold_bits"] = int(variant[1:])
+        elif variant == "recover":  # the recovery tier: evicted tokens spill to disk, a question recalls pages
+            settings["recovery"] = RECOVERY_ALLOWANCE
         elif variant in ("pyramid", "entropy", "adaptive"):  # how the same total is split across layers
             settings["allocation"] = variant
         elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
@@ -40,7 +45,7 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
             except ValueError:
                 raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
         else:
-            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +adaptive, +everyN, +noiseX or +arg=value")
+            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +adaptive, +recover, +everyN, +noiseX or +arg=value")
     return name, settings
 
 

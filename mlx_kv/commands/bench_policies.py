@@ -32,7 +32,7 @@ def check_policies(policies: list[str], model: str | None, *, also: tuple[str, .
         name = policy.split("+")[0]
         if name not in POLICIES:
             raise UserError(f"policies: unknown policy {name!r}; choose from {', '.join((*also, *POLICIES))}"
-                            " (variants: +q4, +q8, +pyramid, +entropy, +noiseX, +arg=value)")
+                            " (variants: +q4, +q8, +pyramid, +entropy, +adaptive, +recover, +everyN, +noiseX, +arg=value)")
         try:
             for extra in settings or [{}]:
                 policy_config(policy, profile, **extra)
