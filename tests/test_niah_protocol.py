@@ -112,7 +112,7 @@ def test_headmask_compresses_as_kvpress_does_masking_pairs_ranked_across_layers_
 
     def spy(cache, keep):
         seen["visible"] = hide(cache, keep)
-        seen["counts"] = [[int(((layer.slots.positions[h, :layer.end] >= 0)).sum()) - len(layer._hidden[h][layer._hidden[h] >= 0])
+        seen["counts"] = [[int(((layer.slots.positions[h, :layer.end] >= 0)).sum()) - len(layer._hidden[h])
                            for h in range(layer.slots.n_heads)] for layer in cache]
         seen["keep"], seen["heads"] = keep, sum(layer.slots.n_heads for layer in cache)
         return seen["visible"]

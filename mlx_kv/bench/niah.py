@@ -155,8 +155,7 @@ class Runner:
     def trial(self, sample, policy: str, prune_ratio: float, setting: str, prompt: Prompt | None = None) -> Trial:
         if setting not in SETTINGS:
             raise ValueError(f"setting: {setting!r} is not one of {', '.join(SETTINGS)}")
-        if split_headmask(policy)[1]:
-            raise ValueError(f"policies: {policy} masks one exact prefill (kvpress's protocol): compress setting only")
+        refuse_headmask([policy], [setting])
         p = prompt or self.prompt(sample)
         keep = heap_budget(len(p.doc), prune_ratio, self.sinks, self.window)
         if setting == "aware":
@@ -214,6 +213,14 @@ def split_headmask(policy: str) -> tuple[str, bool]:
     return "+".join(p for p in parts if p != "headmask"), "headmask" in parts[1:]
 
 
+def refuse_headmask(policies: Iterable[str], settings: Iterable[str]) -> None:
+    """ValueError if a +headmask policy would run in a setting other than compress."""
+    masked = [p for p in policies if split_headmask(p)[1]]
+    if masked and set(settings) != {"compress"}:
+        raise ValueError(f"policies: {masked[0]} masks one exact prefill (kvpress's protocol): "
+                         "compress setting only (--setting compress)")
+
+
 def _widen(cache: list, tokens: int) -> None:
     """Room for `tokens` more without evicting (a no-op for KVCache)."""
     for layer in cache:
@@ -236,9 +243,7 @@ def bench_niah(model: Any, tokenizer: Any, *, tasks: Iterable[str], policies: It
     """Every (task, setting, policy, ratio) on the same samples; `full` once per prompt shape."""
     runner = Runner(model, tokenizer, window=window, profile=profile)
     policies, ratios, settings = list(policies), list(ratios), list(settings)
-    masked = [p for p in policies if split_headmask(p)[1]]
-    if masked and set(settings) != {"compress"}:
-        raise ValueError(f"policies: {masked[0]} masks one exact prefill (kvpress's protocol): use --setting compress")
+    refuse_headmask(policies, settings)
     name = haystack.name if haystack is not None else "filler"
     cells = []
     with heap_hook(model):

@@ -16,6 +16,7 @@ from typing import Any
 from mlx_kv.config import HeapConfig
 
 RECOVERY_ALLOWANCE = "1GB"
+VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +recover, +everyN, +noiseX or +arg=value"
 
 
 def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
@@ -45,7 +46,7 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
             except ValueError:
                 raise ValueError(f"policies: cannot read {variant!r}; write e.g. h2o+noise0.05") from None
         else:
-            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use +q4, +q8, +pyramid, +entropy, +adaptive, +recover, +everyN, +noiseX or +arg=value")
+            raise ValueError(f"policies: unknown variant {variant!r} in {policy!r}; use {VARIANTS}")
     return name, settings
 
 

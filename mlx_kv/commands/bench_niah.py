@@ -64,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
         if task not in TASKS:
             raise UserError(f"tasks: unknown task {task!r}; choose from {', '.join(TASKS)}")
     settings = settings_from(args.setting)
-    masked = [p for p in args.policies if niah.split_headmask(p)[1]]
-    if masked and settings != ["compress"]:
-        raise UserError(f"policies: {masked[0]} masks one exact prefill (kvpress's protocol): use --setting compress")
+    try:
+        niah.refuse_headmask(args.policies, settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     profile = check_policies([niah.split_headmask(p)[0] for p in args.policies], args.model, also=("full",))
     for r in args.ratios:
         if not 0.0 <= r < 1.0:

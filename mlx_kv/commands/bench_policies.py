@@ -24,7 +24,7 @@ def check_policies(policies: list[str], model: str | None, *, also: tuple[str, .
     """Refuse an unknown policy or variant, alone or with any of `settings`
     (further HeapConfig fields the benchmark combines it with), before a model
     loads; returns the model's saved profile (for +entropy)."""
-    from mlx_kv.bench.variants import policy_config
+    from mlx_kv.bench.variants import VARIANTS, policy_config
     from mlx_kv.policies import POLICIES
 
     profile = saved_profile(model)
@@ -32,7 +32,7 @@ def check_policies(policies: list[str], model: str | None, *, also: tuple[str, .
         name = policy.split("+")[0]
         if name not in POLICIES:
             raise UserError(f"policies: unknown policy {name!r}; choose from {', '.join((*also, *POLICIES))}"
-                            " (variants: +q4, +q8, +pyramid, +entropy, +adaptive, +recover, +everyN, +noiseX, +arg=value)")
+                            f" (variants: {VARIANTS})")
         try:
             for extra in settings or [{}]:
                 policy_config(policy, profile, **extra)

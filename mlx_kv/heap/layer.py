@@ -127,7 +127,7 @@ class HeapKVCache(_BaseCache):
         self._replay: tuple[int, int, int] | None = None  # while a replay runs: its span's positions, tokens before it
         self._replay_expected = False  # a driver replays this heap's chunks (see expect_replay)
         self.calls = 0
-        self._hidden: np.ndarray | None = None  # (H, n) original positions each head keeps stored but masked (hide)
+        self._hidden: list[np.ndarray] | None = None  # per head, original positions kept stored but masked (hide)
         self.attention_stats: dict[str, mx.array] = {}  # sampled: entropy, top-1%/5% shares
         self._rng = np.random.default_rng(self.seed)
 
@@ -281,12 +281,12 @@ class HeapKVCache(_BaseCache):
         evicting); the benchmarks use it to compare with that protocol, since
         the heap's own arrays keep one count for the heads of a layer."""
         pos = self.slots.positions[:, : self.end]
-        hidden = np.where(~visible & (pos >= 0), pos, -1)
-        self._hidden = np.sort(hidden, axis=1)
+        self._hidden = [row[~seen & (row >= 0)] for row, seen in zip(pos, visible)]
 
     def _hidden_bias(self, bias: mx.array | None) -> mx.array:
+        """-inf on the hidden tokens, found by position (compaction may have moved their slots)."""
         pos = self.slots.positions[:, : self.end]
-        hide = np.stack([np.isin(row, hidden[hidden >= 0]) for row, hidden in zip(pos, self._hidden)]) & (pos >= 0)
+        hide = np.stack([np.isin(row, hidden) for row, hidden in zip(pos, self._hidden)])
         extra = mx.array(np.where(hide, -np.inf, 0.0).astype(np.float32))
         return extra if bias is None else bias + extra
 

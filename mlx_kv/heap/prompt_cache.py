@@ -120,19 +120,19 @@ def hide_globally(cache: list[HeapKVCache], keep: int) -> int:
     for layer in cache:
         pos, scores = layer.token_scores()
         protect = protected_mask(pos, layer.tokens_seen, layer.sinks, layer.window)
-        found.append((pos >= 0, protect, np.where((pos >= 0) & ~protect, scores, -np.inf)))
-    heads = sum(protect.shape[0] for _, protect, _ in found)
-    room = keep * heads - sum(int(protect.sum()) for _, protect, _ in found)
-    flat = np.concatenate([scores.reshape(-1) for _, _, scores in found])
+        found.append((protect, np.where((pos >= 0) & ~protect, scores, -np.inf)))  # -inf: not a candidate
+    heads = sum(protect.shape[0] for protect, _ in found)
+    room = keep * heads - sum(int(protect.sum()) for protect, _ in found)
+    flat = np.concatenate([scores.reshape(-1) for _, scores in found])
     best = np.argsort(-flat, kind="stable")[: max(room, 0)]
     chosen = np.zeros(flat.shape, bool)
     chosen[best] = np.isfinite(flat[best])
     start, visible_total = 0, 0
-    for layer, (alive, protect, scores) in zip(cache, found):
+    for layer, (protect, scores) in zip(cache, found):
         n = scores.size
-        visible = protect | chosen[start:start + n].reshape(scores.shape)
+        visible = protect | chosen[start:start + n].reshape(scores.shape)  # (protect counts live slots only)
         layer.hide(visible)
-        visible_total += int((visible & alive).sum())
+        visible_total += int(visible.sum())
         start += n
     return visible_total
 
