@@ -113,7 +113,7 @@ def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = Non
 
 
 def layer_weights(config: HeapConfig, n_layers: int) -> list[float]:
-    if config.allocation in ("uniform", "adaptive"):  # (adaptive moves tokens later, by their scores)
+    if config.allocation in ("uniform", "adaptive", "headwise"):  # (these two move tokens later, by their scores)
         return [1.0] * n_layers
     if config.allocation == "pyramid":
         # PyramidKV: lower layers spread attention widely, upper ones focus it.

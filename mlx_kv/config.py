@@ -10,7 +10,7 @@ from mlx_kv.sizes import parse_bytes
 __all__ = ["HeapConfig", "parse_bytes", "POSITIONS", "ALLOCATIONS"]
 
 POSITIONS = ("absolute", "cache")
-ALLOCATIONS = ("uniform", "pyramid", "entropy", "adaptive")
+ALLOCATIONS = ("uniform", "pyramid", "entropy", "adaptive", "headwise")
 
 
 @dataclass
@@ -54,7 +54,9 @@ class HeapConfig:
         other value is an error rather than being ignored).
     allocation: how the total is split across layers: "adaptive" (uniform to
         start, then after every replayed chunk moved to the layers whose
-        tokens score highest, KVzip's cross-layer selection), "uniform", "pyramid"
+        tokens score highest, KVzip's cross-layer selection), "headwise" (the
+        same between every layer's KV heads, each head its own heap keeping
+        its own count: mlx_kv.heap.headwise), "uniform", "pyramid"
         (more for lower layers, PyramidKV) or "entropy" (in proportion to
         each layer's measured attention entropy; needs `profile`, the JSON
         `mlx-kv profile` writes).
@@ -133,8 +135,8 @@ class HeapConfig:
         _positive_int("recovery_pages", self.recovery_pages)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: must be one of {ALLOCATIONS}, got {self.allocation!r}")
-        if self.allocation == "adaptive" and not self.make_policy().replays:
-            raise ValueError(f"allocation: 'adaptive' moves the budget by replay scores; policy {self.policy!r} "
+        if self.allocation in ("adaptive", "headwise") and not self.make_policy().replays:
+            raise ValueError(f"allocation: {self.allocation!r} moves the budget by replay scores; policy {self.policy!r} "
                              "does not replay (use kvzip)")
         if self.allocation == "entropy" and not self.profile:
             raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")

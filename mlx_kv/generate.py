@@ -13,7 +13,8 @@ from typing import Any, Callable, Collection, Iterator
 
 import mlx.core as mx
 
-from mlx_kv.heap.prompt_cache import feed_token_info, rebalance, tokens_seen, wants_information, wants_replay
+from mlx_kv.heap.prompt_cache import (feed_token_info, over_budget, rebalance, tokens_seen, wants_information,
+                                     wants_replay)
 from mlx_kv.information import token_information
 
 Sampler = Callable[[mx.array], int]
@@ -107,7 +108,7 @@ def replay_chunk(model: Any, cache: list, replay: Any, piece: list[int], before:
         scores = mx.stack([layer.replay_scores(first, end) for layer in replayed]).max(axis=0)
         for layer in inheriting:
             layer.inherit_replay_scores(first, end, scores)
-    if cache[0].adaptive and any(layer.live > layer.budget for layer in cache):
+    if cache[0].adaptive and over_budget(cache):
         rebalance(cache)
     for layer in cache:
         layer.collect_pending()

@@ -189,7 +189,7 @@ class Runner:
             if masked:
                 hide_globally(cache, keep)
             elif cache[0].adaptive:
-                rebalance(cache, keep * len(cache))
+                rebalance(cache, keep)
             else:
                 for layer in cache:
                     layer.set_budget(keep)

@@ -16,7 +16,7 @@ from typing import Any
 from mlx_kv.config import HeapConfig
 
 RECOVERY_ALLOWANCE = "1GB"
-VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +recover, +everyN, +noiseX or +arg=value"
+VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +headwise, +recover, +everyN, +noiseX or +arg=value"
 
 
 def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
@@ -29,7 +29,7 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
             settings["cold_bits"] = int(variant[1:])
         elif variant == "recover":  # the recovery tier: evicted tokens spill to disk, a question recalls pages
             settings["recovery"] = RECOVERY_ALLOWANCE
-        elif variant in ("pyramid", "entropy", "adaptive"):  # how the same total is split across layers
+        elif variant in ("pyramid", "entropy", "adaptive", "headwise"):  # how the same total is split
             settings["allocation"] = variant
         elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
             key, value = variant.split("=", 1)

@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol
 
+from mlx_kv.config import ALLOCATIONS
+
 if TYPE_CHECKING:
     from mlx_kv.engine import Session
 
@@ -67,9 +69,10 @@ def add_heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
     p.add_argument("--positions", choices=("absolute", "cache"), default=None,
                    help="RoPE positions: absolute, or re-indexed within the cache (default for sessions)")
-    p.add_argument("--allocation", choices=("uniform", "pyramid", "entropy", "adaptive"), default=None,
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="split of the budget across layers (entropy needs `mlx-kv profile` first; adaptive "
-                        "moves it to the layers whose tokens score highest after each replayed chunk: kvzip only)")
+                        "moves it to the layers whose tokens score highest after each replayed chunk, headwise "
+                        "to the (layer, KV head) pairs: kvzip only)")
     add_cold_bits_option(p)
 
 

@@ -18,6 +18,7 @@ from mlx_kv.budget import allocate_by_scores, kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.cold import group_size_for
 from mlx_kv.heap.collector import protected_mask
+from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
 from mlx_kv.hook import install
 from mlx_kv.policies import Policy
@@ -25,12 +26,14 @@ from mlx_kv.policies import Policy
 
 def register_cache_class() -> None:
     """mlx-lm's load_prompt_cache finds cache classes by name in its own module."""
-    if getattr(mlx_cache, HeapKVCache.__name__, None) is not HeapKVCache:
-        setattr(mlx_cache, HeapKVCache.__name__, HeapKVCache)
+    for cls in (HeapKVCache, HeadwiseKVCache):
+        if getattr(mlx_cache, cls.__name__, None) is not cls:
+            setattr(mlx_cache, cls.__name__, cls)
 
 
 def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: int | None = None) -> list[HeapKVCache]:
-    """One heap cache per layer, usable as `prompt_cache=` in mlx-lm's generators."""
+    """One heap cache per layer, usable as `prompt_cache=` in mlx-lm's generators
+    (allocation="headwise": one per KV head of each layer, mlx_kv.heap.headwise)."""
     config = config or HeapConfig()
     config.validate()
     install(model)
@@ -41,8 +44,8 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
     recovery = config.recovery_settings()
     if recovery:  # the allowance is for the whole model: each layer's store gets its share
         recovery["max_bytes"] = max(1, recovery["max_bytes"] // len(budgets))
-    return [
-        HeapKVCache(
+    def layer_heap(layer: int, budget: int, seed: int) -> HeapKVCache:
+        return HeapKVCache(
             budget,
             sinks=config.sinks,
             window=config.window,
@@ -55,15 +58,21 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             rank_noise=config.rank_noise,
             score_block=config.score_block,
             score_every=config.score_every,
-            seed=config.seed + layer,
+            seed=seed,
             positions=config.positions,
             rope=_layer_rope(model, layer) if config.positions == "cache" else None,
             recovery=recovery,
             cold_bits=config.cold_bits,
-            adaptive=config.allocation == "adaptive",
+            adaptive=config.allocation in ("adaptive", "headwise"),
         )
-        for layer, budget in enumerate(budgets)
-    ]
+
+    if config.allocation != "headwise":
+        return [layer_heap(layer, budget, config.seed + layer) for layer, budget in enumerate(budgets)]
+    n_heads = kv_geometry(model).n_kv_heads
+    if recovery:
+        recovery["max_bytes"] = max(1, recovery["max_bytes"] // n_heads)
+    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads + head) for head in range(n_heads)])
+            for layer, budget in enumerate(budgets)]
 
 
 def _layer_rope(model: Any, layer: int) -> Any:
@@ -83,7 +92,7 @@ def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None)
     if model is not None:
         install(model)
         for layer, cache in enumerate(caches):
-            if isinstance(cache, HeapKVCache) and cache.position_mode == "cache":
+            if isinstance(cache, (HeapKVCache, HeadwiseKVCache)) and cache.position_mode == "cache":
                 cache.rope = _layer_rope(model, layer)
     return loaded
 
@@ -91,23 +100,30 @@ def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None)
 def clone_heap(cache: list[HeapKVCache]) -> list[HeapKVCache]:
     """An independent copy (a side question must not disturb the heap it asks):
     fresh slot arrays, the same rope, a fork of each recovery store."""
-    clones = [HeapKVCache.from_state(layer.state) for layer in cache]
-    for clone, original in zip(clones, cache):
+    clones = [type(layer).from_state(layer.state) for layer in cache]
+    for clone, original in zip(heaps(clones), heaps(cache)):
         clone.rope = original.rope
         clone.store = original.store.fork() if original.store is not None else None
     return clones
 
 
-def rebalance(cache: list[HeapKVCache], total: int | None = None) -> None:
-    """Move the heap's budget (the layers' total, or `total`) to the layers
-    whose evictable tokens score highest (budget.allocate_by_scores); each
-    layer collects down to its new budget now."""
-    total = total if total is not None else sum(layer.budget for layer in cache)
-    found = [layer.candidates() for layer in cache]
-    minimum = cache[0].sinks + cache[0].window + 1
+def rebalance(cache: list[HeapKVCache], keep: int | None = None) -> None:
+    """Move the heap's budget (as it is, or `keep` tokens per layer and head
+    on average) to the layers, or with allocation="headwise" the (layer, KV
+    head) heaps, whose evictable tokens score highest
+    (budget.allocate_by_scores); each collects down to its new budget now."""
+    units = heaps(cache)
+    total = keep * len(units) if keep is not None else sum(unit.budget for unit in units)
+    found = [unit.candidates() for unit in units]
+    minimum = units[0].sinks + units[0].window + 1
     budgets = allocate_by_scores([f[0] for f in found], [f[1] for f in found], total, minimum)
-    for layer, budget in zip(cache, budgets):
-        layer.set_budget(budget)
+    for unit, budget in zip(units, budgets):
+        unit.set_budget(budget)
+
+
+def over_budget(cache: list) -> bool:
+    """Whether a heap of the list holds more than its budget (a chunk just landed)."""
+    return any(unit.live > unit.budget for unit in heaps(cache))
 
 
 def hide_globally(cache: list[HeapKVCache], keep: int) -> int:
@@ -200,7 +216,7 @@ def tier_totals(cache: list[HeapKVCache]) -> dict[str, int]:
 
 def recovery_stats(cache: list[HeapKVCache]) -> dict[str, int] | None:
     """The recovery stores' stats summed over layers; None without the tier."""
-    stores = [layer.store.stats() for layer in cache if layer.store is not None]
+    stores = [unit.store.stats() for unit in heaps(cache) if unit.store is not None]
     if not stores:
         return None
     return {key: sum(s[key] for s in stores) for key in stores[0]}

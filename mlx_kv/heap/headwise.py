@@ -1,0 +1,219 @@
+"""One layer whose KV heads keep different counts: a heap per KV head.
+
+The heap's arrays are rectangular per layer, (1, H, slots, D), so every KV
+head of a layer keeps the same number of tokens. KVzip (and kvpress's
+AdaKV) rank (layer, head, token) triples together and give heads unequal
+counts, which on the model of record is what keeps a needle at 87.5%
+removed (README, retention); kvpress does it by masking, which frees
+nothing. Here each KV head is its own one-head HeapKVCache, with the query
+heads of its GQA group: every per-head piece of the heap (causal masks,
+collections, the cold tier, positions="cache", recovery pages) works as
+it does for one head, and `prompt_cache.rebalance` moves budget between
+all (layer, head) heaps by their replay scores. Bytes held are exactly the
+heads' kept tokens. The price is H heap calls per layer instead of one.
+
+Quantities the rest of the project reads per layer ("tokens kept per KV
+head": live, budget, tier counts, counters) are the heads' means, so a
+layer of this class reads like a HeapKVCache of its average head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import _BaseCache
+
+from mlx_kv.heap.layer import COUNTERS, HeapKVCache
+from mlx_kv.policies import Policy
+
+_SHARED = ("tokens_seen", "offset", "sinks", "window", "policy", "adaptive", "position_mode", "rope",
+           "collect_batch", "diagnostics_every", "score_every", "cold_bits", "recovery", "last_scores")
+
+
+class HeadwiseKVCache(_BaseCache):
+    """A layer of one-head heaps, one per KV head, speaking the heap's protocol."""
+
+    def __init__(self, heads: list[HeapKVCache]) -> None:
+        if not heads:
+            raise ValueError("a headwise layer needs at least one KV head")
+        object.__setattr__(self, "heads", list(heads))
+        object.__setattr__(self, "_fetched", None)
+        object.__setattr__(self, "_notes", [])
+
+    def __getattr__(self, name: str) -> Any:  # settings every head shares, read from the first
+        if name in _SHARED:
+            return getattr(self.heads[0], name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # ... and written to every head
+        if name in _SHARED:
+            for head in self.heads:
+                setattr(head, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    # ----------------------------------------------------------- cache protocol
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if keys.shape[1] != len(self.heads):
+            raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
+        self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1])
+                         for i, head in enumerate(self.heads)]
+        return keys, values  # (attend reads each head's own fetch)
+
+    def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
+        group = queries.shape[1] // len(self.heads)  # mlx-lm's GQA: query head q reads KV head q // group
+        outs = [head.attend(queries[:, i * group:(i + 1) * group], k, v, scale=scale, mask=mask)
+                for i, (head, (k, v)) in enumerate(zip(self.heads, self._fetched))]
+        self._fetched = None
+        return mx.concatenate(outs, axis=1)
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        return self.heads[0].make_mask(N, return_array, window_size)
+
+    @property
+    def state(self):
+        return [head.state for head in self.heads]
+
+    @state.setter
+    def state(self, v) -> None:
+        for head, saved in zip(self.heads, v):
+            head.state = saved
+
+    @classmethod
+    def from_state(cls, state) -> "HeadwiseKVCache":
+        return cls([HeapKVCache.from_state(saved) for saved in state])
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        return min(head.trim(n) for head in self.heads)
+
+    def empty(self) -> bool:
+        return self.heads[0].empty()
+
+    def size(self) -> int:
+        return self.live
+
+    @property
+    def nbytes(self) -> int:
+        return sum(head.nbytes for head in self.heads)
+
+    # ---------------------------------------------------------------- counts
+    @property
+    def live(self) -> int:
+        """Tokens kept per KV head, the heads' mean (each keeps its own count)."""
+        return _mean(head.live for head in self.heads)
+
+    @property
+    def budget(self) -> int:
+        return _mean(head.budget for head in self.heads)
+
+    @property
+    def cold_tokens(self) -> int:
+        return _mean(head.cold_tokens for head in self.heads)
+
+    @property
+    def collect_seconds(self) -> float:
+        return sum(head.collect_seconds for head in self.heads)
+
+    @property
+    def rank_seconds(self) -> float:
+        return sum(head.rank_seconds for head in self.heads)
+
+    @property
+    def attention_stats(self) -> dict[str, mx.array]:
+        stats = [head.attention_stats for head in self.heads if head.attention_stats]
+        return {key: mx.concatenate([s[key].reshape(-1) for s in stats]) for key in stats[0]} if stats else {}
+
+    @property
+    def notes(self) -> list[str]:
+        """The heads' one-line events, each once (take_notes clears this list)."""
+        for head in self.heads:
+            self._notes.extend(note for note in head.notes if note not in self._notes)
+            head.notes.clear()
+        return self._notes
+
+    def tier_counts(self) -> dict[str, int]:
+        counts = [head.tier_counts() for head in self.heads]
+        return {tier: _mean(c[tier] for c in counts) for tier in counts[0]}
+
+    def kept_positions(self) -> list[np.ndarray]:
+        return [row for head in self.heads for row in head.kept_positions()]
+
+    def cold_positions(self) -> list[np.ndarray]:
+        return [row for head in self.heads for row in head.cold_positions()]
+
+    def spilled_positions(self) -> list[np.ndarray]:
+        return [row for head in self.heads for row in head.spilled_positions()]
+
+    def token_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, scores) (H, slots) as HeapKVCache's, each head's row
+        padded to the longest with dead slots (-1, nan)."""
+        found = [head.token_scores() for head in self.heads]
+        width = max(pos.shape[1] for pos, _ in found)
+        pad = lambda a, fill: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+        return (np.concatenate([pad(pos, -1) for pos, _ in found]),
+                np.concatenate([pad(scores.astype(np.float64), np.nan) for _, scores in found]))
+
+    # -------------------------------------------------------------- controls
+    def set_budget(self, budget: int) -> None:
+        """Move every head's budget by the change of the mean (their differences stay)."""
+        delta = int(budget) - self.budget
+        minimum = self.sinks + self.window + 1
+        for head in self.heads:
+            head.set_budget(max(minimum, head.budget + delta))
+
+    def set_policy(self, policy: Policy) -> None:
+        for head in self.heads:
+            head.set_policy(replace(policy))
+
+    def set_token_info(self, start: int, surprisal: np.ndarray, entropy: np.ndarray) -> None:
+        for head in self.heads:
+            head.set_token_info(start, surprisal, entropy)
+
+    def hide(self, visible: np.ndarray) -> None:
+        for head, row in zip(self.heads, visible):
+            head.hide(row[None, : head.end])
+
+    # ---------------------------------------------------------------- replay
+    def expect_replay(self) -> None:
+        for head in self.heads:
+            head.expect_replay()
+
+    def begin_replay(self, start: int, stop: int) -> None:
+        for head in self.heads:
+            head.begin_replay(start, stop)
+
+    def end_replay(self) -> None:
+        for head in self.heads:
+            head.end_replay()
+
+    def collect_pending(self) -> None:
+        for head in self.heads:
+            head.collect_pending()
+
+    def replay_scores(self, start: int, stop: int) -> mx.array:
+        return mx.stack([head.replay_scores(start, stop) for head in self.heads]).max(axis=0)
+
+    def inherit_replay_scores(self, start: int, stop: int, scores: mx.array) -> None:
+        for head in self.heads:
+            head.inherit_replay_scores(start, stop, scores)
+
+
+def heaps(cache: list) -> list:
+    """Every heap of a cache list, a headwise layer's heads one by one: the
+    units whose budgets rebalance moves and whose stores hold spilled pages."""
+    return [unit for layer in cache for unit in getattr(layer, "heads", (layer,))]
+
+
+def _mean(values) -> int:
+    values = list(values)
+    return int(round(sum(values) / len(values)))
+
+
+for _name in COUNTERS:  # per-head counters read as the heads' mean
+    setattr(HeadwiseKVCache, _name, property(lambda self, n=_name: _mean(getattr(h, n) for h in self.heads)))
