@@ -31,6 +31,15 @@ def test_recover_switches_the_recovery_tier_on():
     assert policy_config("kvzip+adaptive+recover", budget=256).recovery_settings()["max_bytes"] == 10**9
 
 
+def test_a_variant_and_a_flag_for_the_same_setting_agree_or_are_refused_in_one_line():
+    from mlx_kv.bench.variants import policy_config
+
+    assert policy_config("h2o+recover", recovery=None).recovery == "1GB"  # bench stream passes its flag, unset
+    assert policy_config("h2o+q4", cold_bits=4).cold_bits == 4
+    with pytest.raises(ValueError, match="h2o\\+q4 sets cold_bits to 4 and the command line to 8"):
+        policy_config("h2o+q4", cold_bits=8)
+
+
 def test_the_profile_path_of_a_hub_model_is_the_same_in_every_process():
     import subprocess
     import sys

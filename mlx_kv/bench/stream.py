@@ -24,6 +24,7 @@ from mlx_kv.bench.niah import Runner
 from mlx_kv.chat_format import ChatFormat
 from mlx_kv.config import HeapConfig
 from mlx_kv.generate import prefill
+from mlx_kv.heap.headwise import heaps
 from mlx_kv.heap.prompt_cache import clone_heap, make_heap_cache, recovery_stats, total_bytes
 from mlx_kv.hook import heap_hook
 from mlx_kv.replay import Replay
@@ -121,7 +122,8 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
     tps = [r["tokens_per_s"] for r in records]
     summary = {
         "tokens": fed, "budget_tokens": config.budget, "policy": config.policy,
-        "layer_budgets": [min(layer.budget for layer in cache), max(layer.budget for layer in cache)],
+        # (per layer, or with +headwise per layer and KV head)
+        "layer_budgets": [min(unit.budget for unit in heaps(cache)), max(unit.budget for unit in heaps(cache))],
         "positions": config.positions,
         "peak_rss_mb": max(r["rss_mb"] for r in records),
         "rss_growth_pct": round(100.0 * (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"], 2),

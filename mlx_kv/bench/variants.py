@@ -58,4 +58,8 @@ def policy_config(policy: str, profile: str | None = None, **settings: Any) -> H
         if not profile:
             raise ValueError("policies: +entropy needs the model's profile; run `mlx-kv profile --model M` first")
         variants["profile"] = profile
-    return HeapConfig(policy=name, **settings, **variants)
+    for key, value in variants.items():  # (a command's own flag for the same setting, say --recovery with +recover)
+        given = settings.get(key)
+        if given is not None and given != value:
+            raise ValueError(f"policies: {policy} sets {key} to {value!r} and the command line to {given!r}; give it once")
+    return HeapConfig(policy=name, **{**settings, **variants})
