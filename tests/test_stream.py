@@ -51,3 +51,16 @@ def test_kept_share_is_the_share_of_layer_heads_holding_each_needle_token():
     assert kept_share(cache, 10, range(3)) == round((1 + 1 / 3 + 0 + 2 / 3) / 4, 4)
     assert kept_share(cache, 10, [0]) == 0.5
     assert np.isnan(kept_share(cache, 10, []))
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="bundled model not built")
+def test_a_short_stream_places_all_three_needles_and_headwise_reports_each_heads_budget():
+    done = subprocess.run([sys.executable, "-m", "mlx_kv.cli", "bench", "stream", "--model", "mlx-kv-tiny",
+                           "--tokens", "1000", "--budget", "128", "--window", "16", "--policy", "kvzip+headwise",
+                           "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.splitlines()[-1])
+    positions = [needle["position"] for needle in summary["needles"]]
+    assert summary["needles_total"] == 3 and positions == sorted(positions) and positions[-1] < 1000
+    low, high = summary["layer_budgets"]
+    assert low < 128 < high  # the (layer, head) heaps' budgets, moved apart by their replay scores

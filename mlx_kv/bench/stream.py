@@ -80,7 +80,7 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
         start = decile_start = time.perf_counter()
         decile_tokens = 0
         while fed < tokens:
-            if next_needle < len(needles) and fed >= needles[next_needle][0] * tokens:
+            while next_needle < len(needles) and fed + CHUNK > needles[next_needle][0] * tokens:  # (in the chunk that crosses it)
                 _, key, value = needles[next_needle]
                 sentence = encode(" " + needle_sentence(key, value))
                 needle_at.append((fed + len(pending), sentence))  # the token position the sentence starts at
