@@ -307,7 +307,14 @@ class Session:
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
             raise UserError(f"policy: unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
-        self.config = _heap_config(self.config.budget, name, self._heap_kwargs(keep_policy_args=False))
+        fields = self._heap_kwargs(keep_policy_args=False)
+        if getattr(self.cache[0], "adaptive", False):
+            # A heap that moves its budget by replay scores keeps doing so when a
+            # replaying policy comes back; one that does not replay (the rolling
+            # window's streaming) leaves the budgets where the last replay put them.
+            moved = "headwise" if isinstance(self.cache[0], HeadwiseKVCache) else "adaptive"
+            fields["allocation"] = moved if POLICIES[name].replays else "uniform"
+        self.config = _heap_config(self.config.budget, name, fields)
         set_policy(self.cache, self.config.make_policy)
         if self.overflow == "rolling" and name != "streaming":
             self.overflow = "heap"  # choosing a policy is choosing the heap

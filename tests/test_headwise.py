@@ -134,3 +134,19 @@ def test_a_headwise_session_chats_saves_and_restores(tiny_model_dir, tmp_path):
     restored = Session.restore(str(path))
     assert [u.budget for u in heaps(restored.cache)] == [u.budget for u in heaps(session.cache)]
     assert "".join(restored.chat("w7 w8", max_tokens=8)) == "".join(session.chat("w7 w8", max_tokens=8))
+
+
+def test_a_headwise_session_can_roll_and_come_back_to_its_replaying_policy(tiny_model_dir):
+    from mlx_kv.engine import Session
+
+    session = Session.load(str(tiny_model_dir), budget=96, policy="kvzip", window=16, allocation="headwise")
+    session.ingest(" ".join(f"w{i % 90}" for i in range(300)))
+    budgets = [unit.budget for unit in heaps(session.cache)]
+    session.set_overflow("rolling")  # the streaming policy, which does not replay
+    assert session.config.policy == "streaming" and [unit.budget for unit in heaps(session.cache)] == budgets
+    list(session.chat("w1 w2", max_tokens=4))
+    session.set_overflow("heap")
+    assert session.config.policy == "kvzip" and session.config.allocation == "headwise"
+    session.ingest(" ".join(f"w{i % 70}" for i in range(300)))
+    units = heaps(session.cache)
+    assert sum(unit.budget for unit in units) == 96 * len(units) and all(u.live <= u.budget for u in units)
