@@ -129,6 +129,10 @@ def test_a_headwise_session_chats_saves_and_restores(tiny_model_dir, tmp_path):
     units = heaps(session.cache)
     assert all(isinstance(layer, HeadwiseKVCache) for layer in session.cache)
     assert sum(unit.budget for unit in units) == 96 * len(units) and len({unit.budget for unit in units}) > 1
+    from mlx_kv.diagnostics import layer_report
+
+    rows = layer_report(session.cache)  # the TUI's per-layer readings: the heads' means
+    assert len(rows) == len(session.cache) and all(row["kept"] <= row["budget"] for row in rows)
     path = tmp_path / "s.safetensors"
     session.save(str(path))
     restored = Session.restore(str(path))

@@ -29,8 +29,9 @@ from mlx_lm.models.cache import _BaseCache
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
 from mlx_kv.policies import Policy
 
+# what the rest of the project reads or sets on a layer, and every head holds alike
 _SHARED = ("tokens_seen", "offset", "sinks", "window", "policy", "adaptive", "position_mode", "rope",
-           "collect_batch", "diagnostics_every", "score_every", "cold_bits", "recovery", "last_scores")
+           "collect_batch", "diagnostics_every")
 
 
 class HeadwiseKVCache(_BaseCache):
