@@ -31,8 +31,7 @@ from mlx_kv.errors import DiskFull, UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, MemoryMap, Pillar, Throughput
 from mlx_kv.generate import decode, make_sampler, prefill, replay_chunk
 from mlx_kv.guard import MemoryGuard
-from mlx_kv.heap.headwise import HeadwiseKVCache
-from mlx_kv.heap.layer import HeapKVCache
+from mlx_kv.heap.headwise import HEAP_LAYERS, HeadwiseKVCache
 from mlx_kv.heap.prompt_cache import (counters, load_heap_cache, make_heap_cache, set_budgets, set_policy,
                                       take_notes, tier_totals, tokens_seen, total_bytes, wants_replay)
 from mlx_kv.models import load_model
@@ -579,7 +578,7 @@ def _saved_fields(meta: Any, cache: list, model: Any) -> dict[str, Any]:
     if not isinstance(token_ids, list) or not all(type(t) is int and 0 <= t < vocab for t in token_ids):
         raise ValueError("token ids are not ids of this model's vocabulary")
     layers = getattr(model, "layers", cache)
-    if len(cache) != len(layers) or not all(isinstance(c, (HeapKVCache, HeadwiseKVCache)) for c in cache):
+    if len(cache) != len(layers) or not all(isinstance(c, HEAP_LAYERS) for c in cache):
         raise ValueError(f"{len(cache)} saved layer caches for a model of {len(layers)} layers")
     if any(c.tokens_seen != len(token_ids) for c in cache):
         raise ValueError("the heap and the record of its tokens disagree")

@@ -6,6 +6,7 @@ import mlx.core as mx
 import pytest
 
 from mlx_kv.architectures import random_model
+from mlx_kv.replay import Replay
 
 CONFIGS = {
     "llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
@@ -21,6 +22,23 @@ CONFIGS = {
                   num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=101,
                   rope_theta=1000000.0, head_dim=16, tie_word_embeddings=True, max_position_embeddings=4096),
 }
+
+
+# A replay prompt of made-up ids for the random-weight models (mlx_kv.replay).
+REPLAY = Replay(first=(5, 6, 7), later=(8, 9), suffix=(3,))
+
+
+def replayed_logits(model, cache, tokens, replay, chunk=64):
+    """The last logits of a (replayed) prefill, then those of 20 greedy decode steps, stacked."""
+    import numpy as np
+
+    from mlx_kv.generate import decode, prefill
+
+    logits, _ = prefill(model, cache, tokens, chunk=chunk, replay=replay)
+    rows = [np.array(logits)]
+    for _, logits in decode(model, cache, logits, max_tokens=20):
+        rows.append(np.array(logits))
+    return np.stack(rows)
 
 
 def build_model(model_type: str, seed: int = 0, **overrides):

@@ -5,32 +5,21 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache, save_prompt_cache
 
-from conftest import build_model
+from conftest import REPLAY, build_model, replayed_logits
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
-from mlx_kv.generate import decode, prefill
+from mlx_kv.generate import prefill
 from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
 from mlx_kv.heap.prompt_cache import clone_heap, counters, load_heap_cache, rebalance, total_bytes
-from mlx_kv.replay import Replay
-
-REPLAY = Replay(first=(5, 6, 7), later=(8, 9), suffix=(3,))
-
-
-def run(model, cache, tokens, replay, chunk=64, decoded=20):
-    logits, _ = prefill(model, cache, tokens, chunk=chunk, replay=replay)
-    rows = [np.array(logits)]
-    for _, logits in decode(model, cache, logits, max_tokens=decoded):
-        rows.append(np.array(logits))
-    return np.stack(rows)
 
 
 @pytest.mark.parametrize("positions", ["absolute", "cache"])
 def test_a_headwise_heap_that_evicts_nothing_gives_kvcache_logits(positions):
     model = build_model("llama")
     tokens = np.random.default_rng(1).integers(0, 101, size=300).tolist()
-    reference = run(model, [KVCache() for _ in model.layers], tokens, None)
+    reference = replayed_logits(model, [KVCache() for _ in model.layers], tokens, None)
     heap = make_heap_cache(model, HeapConfig(budget=512, policy="kvzip", positions=positions, allocation="headwise"))
     try:
-        got = run(model, heap, tokens, REPLAY)
+        got = replayed_logits(model, heap, tokens, REPLAY)
     finally:
         uninstall(model)
     assert all(isinstance(layer, HeadwiseKVCache) and len(layer.heads) == 2 for layer in heap)
@@ -103,7 +92,7 @@ def test_headwise_composes_with_the_cold_tier_recovery_and_cache_positions(setti
     tokens = np.random.default_rng(4).integers(0, 101, size=360).tolist()
     heap = make_heap_cache(model, HeapConfig(budget=120, window=16, policy="kvzip", allocation="headwise", **settings))
     try:
-        out = run(model, heap, tokens, REPLAY, chunk=90)
+        out = replayed_logits(model, heap, tokens, REPLAY, chunk=90)
     finally:
         uninstall(model)
     units = heaps(heap)

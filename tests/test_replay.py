@@ -1,34 +1,23 @@
 """Replaying chunks for KVzip-style scores leaves the heap as it was, plus the scores."""
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from conftest import build_model
+from conftest import REPLAY, build_model, replayed_logits
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
-from mlx_kv.generate import decode, prefill
+from mlx_kv.generate import prefill
 from mlx_kv.replay import Replay
-
-REPLAY = Replay(first=(5, 6, 7), later=(8, 9), suffix=(3,))
-
-
-def run(model, cache, tokens, replay, chunk=64):
-    logits, _ = prefill(model, cache, tokens, chunk=chunk, replay=replay)
-    rows = [np.array(logits)]
-    for _, logits in decode(model, cache, logits, max_tokens=20):
-        rows.append(np.array(logits))
-    return np.stack(rows)
 
 
 @pytest.mark.parametrize("positions", ["absolute", "cache"])
 def test_a_replayed_heap_that_evicts_nothing_gives_kvcache_logits(positions):
     model = build_model("llama")
     tokens = np.random.default_rng(1).integers(0, 101, size=300).tolist()
-    reference = run(model, [KVCache() for _ in model.layers], tokens, None)
+    reference = replayed_logits(model, [KVCache() for _ in model.layers], tokens, None)
     heap = make_heap_cache(model, HeapConfig(budget=512, policy="kvzip", positions=positions))
     try:
-        got = run(model, heap, tokens, REPLAY)
+        got = replayed_logits(model, heap, tokens, REPLAY)
     finally:
         uninstall(model)
     assert np.max(np.abs(got - reference)) <= 1e-4
@@ -92,10 +81,10 @@ def test_a_long_chunk_is_replayed_in_spans_and_collected_once_all_are_scored():
 def test_replaying_lower_layers_only_gives_the_higher_ones_token_scores():
     model = build_model("llama", num_hidden_layers=4)
     tokens = np.random.default_rng(4).integers(0, 101, size=300).tolist()
-    reference = run(model, [KVCache() for _ in model.layers], tokens, None)
+    reference = replayed_logits(model, [KVCache() for _ in model.layers], tokens, None)
     heap = make_heap_cache(model, HeapConfig(budget=512, policy="kvzip", policy_args={"layers": 2}))
     try:
-        got = run(model, heap, tokens, REPLAY)
+        got = replayed_logits(model, heap, tokens, REPLAY)
     finally:
         uninstall(model)
     assert np.max(np.abs(got - reference)) <= 1e-4  # still no trace of the replay
@@ -131,7 +120,7 @@ def test_replay_composes_with_the_cold_tier_recovery_and_cache_positions(setting
     heap = make_heap_cache(model, HeapConfig(budget=120, window=16, policy="kvzip", **settings))
     total = sum(layer.budget for layer in heap)
     try:
-        out = run(model, heap, tokens, REPLAY, chunk=90)
+        out = replayed_logits(model, heap, tokens, REPLAY, chunk=90)
     finally:
         uninstall(model)
     assert np.isfinite(out).all()

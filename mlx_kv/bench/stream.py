@@ -120,10 +120,10 @@ def stream(model: Any, tokenizer: Any, *, tokens: int, config: HeapConfig, seed:
                           "value_kept_share": kept_share(cache, position, digits)})
     first, last = records[0], records[-1]
     tps = [r["tokens_per_s"] for r in records]
+    budgets = [unit.budget for unit in heaps(cache)]  # per layer, or with +headwise per layer and KV head
     summary = {
         "tokens": fed, "budget_tokens": config.budget, "policy": config.policy,
-        # (per layer, or with +headwise per layer and KV head)
-        "layer_budgets": [min(unit.budget for unit in heaps(cache)), max(unit.budget for unit in heaps(cache))],
+        "layer_budgets": [min(budgets), max(budgets)],
         "positions": config.positions,
         "peak_rss_mb": max(r["rss_mb"] for r in records),
         "rss_growth_pct": round(100.0 * (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"], 2),

@@ -205,6 +205,9 @@ class HeadwiseKVCache(_BaseCache):
             head.inherit_replay_scores(start, stop, scores)
 
 
+HEAP_LAYERS = (HeapKVCache, HeadwiseKVCache)  # what a model's heap list holds per layer
+
+
 def heaps(cache: list) -> list:
     """Every heap of a cache list, a headwise layer's heads one by one: the
     units whose budgets rebalance moves and whose stores hold spilled pages."""

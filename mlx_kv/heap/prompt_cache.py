@@ -18,7 +18,7 @@ from mlx_kv.budget import allocate_by_scores, kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.cold import group_size_for
 from mlx_kv.heap.collector import protected_mask
-from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
+from mlx_kv.heap.headwise import HEAP_LAYERS, HeadwiseKVCache, heaps
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
 from mlx_kv.hook import install
 from mlx_kv.policies import Policy
@@ -92,7 +92,7 @@ def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None)
     if model is not None:
         install(model)
         for layer, cache in enumerate(caches):
-            if isinstance(cache, (HeapKVCache, HeadwiseKVCache)) and cache.position_mode == "cache":
+            if isinstance(cache, HEAP_LAYERS) and cache.position_mode == "cache":
                 cache.rope = _layer_rope(model, layer)
     return loaded
 
