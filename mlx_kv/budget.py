@@ -113,7 +113,7 @@ def tokens_per_layer(config: HeapConfig, model: Any, available: int | None = Non
 
 
 def layer_weights(config: HeapConfig, n_layers: int) -> list[float]:
-    if config.allocation in ("uniform", "adaptive", "headwise"):  # (these two move tokens later, by their scores)
+    if config.allocation in ("uniform", "adaptive", "headwise", "retrieval"):  # (these split or move tokens later)
         return [1.0] * n_layers
     if config.allocation == "pyramid":
         # PyramidKV: lower layers spread attention widely, upper ones focus it.
@@ -168,3 +168,37 @@ def allocate(total: int, weights: list[float], minimum: int) -> list[int]:
     for i in sorted(range(n), key=lambda i: shares[i] - parts[i], reverse=True)[:leftover]:
         parts[i] += 1
     return [minimum + p for p in parts]
+
+
+def allocate_capped(total: int, weights: np.ndarray, minimum: int, cap: int) -> np.ndarray:
+    """Split `total` tokens in proportion to `weights` above a floor of
+    `minimum` each, no part above `cap` (a head cannot keep more tokens than
+    it has seen): water-filling, what a capped part cannot take goes to the
+    others in proportion. Parts are whole tokens; they add up to `total` unless
+    every part is at its cap."""
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    n = len(weights)
+    cap = max(int(cap), minimum)
+    if total < minimum * n:
+        raise ValueError(f"budget: {total} tokens cannot give {n} heads {minimum} tokens each")
+    if total >= cap * n:
+        return np.full(n, cap, dtype=np.int64)
+    parts = np.zeros(n)
+    free = np.ones(n, dtype=bool)
+    room = float(total - minimum * n)
+    while True:
+        share = room * weights[free] / weights[free].sum() if weights[free].sum() > 0 else np.full(free.sum(), room / free.sum())
+        over = share > cap - minimum
+        if not over.any():
+            parts[free] = share
+            break
+        index = np.flatnonzero(free)[over]
+        parts[index] = cap - minimum
+        room -= (cap - minimum) * len(index)
+        free[index] = False
+    whole = np.floor(parts).astype(np.int64)
+    leftover = int(total - minimum * n - whole.sum())
+    order = np.argsort(-(parts - whole), kind="stable")
+    order = order[whole[order] < cap - minimum][:leftover]
+    whole[order] += 1
+    return whole + minimum

@@ -10,7 +10,7 @@ from mlx_kv.sizes import parse_bytes
 __all__ = ["HeapConfig", "parse_bytes", "POSITIONS", "ALLOCATIONS"]
 
 POSITIONS = ("absolute", "cache")
-ALLOCATIONS = ("uniform", "pyramid", "entropy", "adaptive", "headwise")
+ALLOCATIONS = ("uniform", "pyramid", "entropy", "adaptive", "headwise", "retrieval")
 
 
 @dataclass
@@ -56,7 +56,9 @@ class HeapConfig:
         start, then after every replayed chunk moved to the layers whose
         tokens score highest, KVzip's cross-layer selection), "headwise" (the
         same between every layer's KV heads, each head its own heap keeping
-        its own count: mlx_kv.heap.headwise), "uniform", "pyramid"
+        its own count: mlx_kv.heap.headwise), "retrieval" (each KV head its
+        own count, fixed by its profiled retrieval score: mlx_kv.retrieval;
+        any policy, no replay; needs `profile`), "uniform", "pyramid"
         (more for lower layers, PyramidKV) or "entropy" (in proportion to
         each layer's measured attention entropy; needs `profile`, the JSON
         `mlx-kv profile` writes).
@@ -138,8 +140,8 @@ class HeapConfig:
         if self.allocation in ("adaptive", "headwise") and not self.make_policy().replays:
             raise ValueError(f"allocation: {self.allocation!r} moves the budget by replay scores; policy {self.policy!r} "
                              "does not replay (use kvzip)")
-        if self.allocation == "entropy" and not self.profile:
-            raise ValueError("allocation: 'entropy' needs a profile; run `mlx-kv profile --model M` first")
+        if self.allocation in ("entropy", "retrieval") and not self.profile:
+            raise ValueError(f"allocation: {self.allocation!r} needs a profile; run `mlx-kv profile --model M` first")
         if self.cold_bits is not None and (isinstance(self.cold_bits, bool) or self.cold_bits not in (4, 8)):
             raise ValueError(f"cold_bits: must be 4, 8 or None, got {self.cold_bits!r}")
         if self.cold_bits is not None and float(self.compact_threshold) != 0.0:

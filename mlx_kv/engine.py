@@ -81,13 +81,14 @@ class Session:
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
              progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> "Session":
         heap.setdefault("positions", SESSION_POSITIONS)
-        if heap.get("allocation") == "entropy" and not heap.get("profile"):
+        if heap.get("allocation") in ("entropy", "retrieval") and not heap.get("profile"):
             from mlx_kv.models import resolve_model_path
             from mlx_kv.profile import find_profile
 
             found = find_profile(resolve_model_path(model))
             if found is None:
-                raise UserError("allocation: 'entropy' needs a profile; run `mlx-kv profile` for this model first")
+                raise UserError(f"allocation: {heap['allocation']!r} needs a profile; "
+                                "run `mlx-kv profile` for this model first")
             heap["profile"] = str(found)
         config = _heap_config(budget, policy, heap)
         mdl, tok, name = load_model(model, progress, weights=weights)

@@ -5,9 +5,11 @@ layers tolerate more pruning, but it depends on the model, so measure it
 first. `profile_model` runs sample documents through a heap that evicts
 nothing, samples every layer's attention at every step, and records per
 layer and per KV head the mean entropy (nats) and the mass on the top 1% and
-5% of keys. `mlx-kv profile` saves it beside the model (in the user's cache
-for hub models and the bundled one) and `HeapConfig(allocation="entropy")`
-reads it.
+5% of keys, and per KV head its retrieval score (mlx_kv.retrieval: how
+often it attends to the token being copied). `mlx-kv profile` saves it
+beside the model (in the user's cache for hub models and the bundled one);
+`HeapConfig(allocation="entropy")` reads the entropies, allocation="retrieval"
+the retrieval scores.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ PROFILE_NAME = "mlx_kv_profile.json"
 
 def profile_model(model: Any, tokenizer: Any, *, prompts: int = 4, tokens: int = 1024, steps: int = 24,
                   seed: int = 0) -> dict:
+    from mlx_kv.retrieval import retrieval_scores
     from mlx_kv.tasks import TASKS, format_prompt, make_sample
 
     rng = random.Random(seed)
@@ -46,13 +49,15 @@ def profile_model(model: Any, tokenizer: Any, *, prompts: int = 4, tokens: int =
                 for index, layer in enumerate(cache):
                     for key in per_layer[index]:
                         per_layer[index][key].append(np.array(layer.attention_stats[key]))
+    retrieval = retrieval_scores(model, tokenizer, prompts=prompts, tokens=min(tokens, 512), seed=seed)
     layers = []
-    for stats in per_layer:
+    for stats, copying in zip(per_layer, retrieval):
         heads = {key: np.stack(values).mean(axis=0) for key, values in stats.items()}
         layers.append({"entropy": float(heads["entropy"].mean()), "top1": float(heads["top1"].mean()),
                        "top5": float(heads["top5"].mean()),
-                       "heads": {key: [round(float(v), 5) for v in value] for key, value in heads.items()}})
-    return {"version": 1, "prompts": prompts, "tokens": tokens, "steps": steps, "seed": seed, "layers": layers}
+                       "heads": {key: [round(float(v), 5) for v in value] for key, value in heads.items()},
+                       "retrieval": [round(float(v), 5) for v in copying]})
+    return {"version": 2, "prompts": prompts, "tokens": tokens, "steps": steps, "seed": seed, "layers": layers}
 
 
 def profile_path(model_path: Path) -> Path:

@@ -58,11 +58,16 @@ def test_profile_measures_every_layer_and_sessions_use_it(tiny_model_dir):
     profile = profile_model(model, WordTokenizer(tokenizer), prompts=2, tokens=200, steps=6)
     assert len(profile["layers"]) == 2
     assert all(0 < layer["entropy"] and 0 < layer["top5"] <= 1 for layer in profile["layers"])
+    assert all(len(layer["retrieval"]) == 2 and all(0 <= v <= 1 for v in layer["retrieval"])
+               for layer in profile["layers"])
     target = profile_path(tiny_model_dir)
     save_profile(profile, target)
     try:
         assert load_profile(target)["layers"] == profile["layers"]
         session = Session.load(str(tiny_model_dir), budget=120, window=16, allocation="entropy")
+        assert sum(layer.budget for layer in session.cache) == 240
+        session = Session.load(str(tiny_model_dir), budget=120, window=16, allocation="retrieval", policy="snapkv")
+        assert all(layer.plan is not None for layer in session.cache)
         assert sum(layer.budget for layer in session.cache) == 240
     finally:
         target.unlink()

@@ -3,7 +3,7 @@
 A policy name takes variants after `+`, so one flag compares memory and
 accuracy (or speed) settings side by side: `h2o+q4` / `h2o+q8` store the
 intermediate tier at 4 / 8 bits, `h2o+pyramid` / `h2o+entropy` split the
-total budget across layers, `h2o+noise0.05` ranks with that much rank_noise, `h2o+every4` scores
+total budget across layers (`h2o+retrieval` across KV heads, by their profiled retrieval scores), `h2o+noise0.05` ranks with that much rank_noise, `h2o+every4` scores
 one decode step in four (the others use the fused kernel), `h2o+recover` spills
 evicted tokens to the recovery tier (1 GB of disk, 10^9 bytes) for a question to recall,
 `surprise+alpha=1` passes a policy argument.
@@ -16,7 +16,7 @@ from typing import Any
 from mlx_kv.config import HeapConfig
 
 RECOVERY_ALLOWANCE = "1GB"
-VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +headwise, +recover, +everyN, +noiseX or +arg=value"
+VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +headwise, +retrieval, +recover, +everyN, +noiseX or +arg=value"
 
 
 def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
@@ -29,7 +29,7 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
             settings["cold_bits"] = int(variant[1:])
         elif variant == "recover":  # the recovery tier: evicted tokens spill to disk, a question recalls pages
             settings["recovery"] = RECOVERY_ALLOWANCE
-        elif variant in ("pyramid", "entropy", "adaptive", "headwise"):  # how the same total is split
+        elif variant in ("pyramid", "entropy", "adaptive", "headwise", "retrieval"):  # how the same total is split
             settings["allocation"] = variant
         elif "=" in variant:  # a policy argument, e.g. surprise+alpha=1.0 or surprise+signal=entropy
             key, value = variant.split("=", 1)
@@ -54,9 +54,10 @@ def policy_config(policy: str, profile: str | None = None, **settings: Any) -> H
     """The HeapConfig a heap policy name and its variants stand for (ValueError
     naming what is wrong); `profile` is the model's saved profile, for +entropy."""
     name, variants = parse_policy(policy)
-    if variants.get("allocation") == "entropy":
+    if variants.get("allocation") in ("entropy", "retrieval"):
         if not profile:
-            raise ValueError("policies: +entropy needs the model's profile; run `mlx-kv profile --model M` first")
+            raise ValueError(f"policies: +{variants['allocation']} needs the model's profile; "
+                             "run `mlx-kv profile --model M` first")
         variants["profile"] = profile
     for key, value in variants.items():  # (a command's own flag for the same setting, say --recovery with +recover)
         given = settings.get(key)

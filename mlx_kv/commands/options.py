@@ -72,7 +72,8 @@ def add_heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="split of the budget across layers (entropy needs `mlx-kv profile` first; adaptive "
                         "moves it to the layers whose tokens score highest after each replayed chunk, headwise "
-                        "to the (layer, KV head) pairs: kvzip only)")
+                        "to the (layer, KV head) pairs: kvzip only; retrieval gives each KV head a fixed share "
+                        "by its profiled retrieval score, any policy)")
     add_cold_bits_option(p)
 
 

@@ -1,4 +1,5 @@
-"""`mlx-kv profile`: measure per-layer attention entropy and save it for allocation="entropy"."""
+"""`mlx-kv profile`: measure per-layer attention entropy and per-head retrieval scores, saved for
+allocation="entropy" and allocation="retrieval"."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mlx_kv.errors import UserError
 
 
 def add_parser(sub: SubParsers) -> None:
-    p = sub.add_parser("profile", help="measure per-layer attention entropy; saved beside the model, or in the user "
+    p = sub.add_parser("profile", help="measure per-layer attention entropy and per-KV-head retrieval scores; saved beside the model, or in the user "
                        "cache for hub models and the bundled one")
     add_model_options(p)
     p.add_argument("--prompts", type=int, default=4)
@@ -34,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(profile))
     else:
-        print(f"{'layer':>5} {'entropy':>8} {'top1%':>7} {'top5%':>7}")
+        print(f"{'layer':>5} {'entropy':>8} {'top1%':>7} {'top5%':>7}  retrieval per KV head")
         for i, layer in enumerate(profile["layers"]):
-            print(f"{i:>5} {layer['entropy']:>8.3f} {layer['top1']:>7.1%} {layer['top5']:>7.1%}")
+            copying = " ".join(f"{v:.2f}" for v in layer["retrieval"])
+            print(f"{i:>5} {layer['entropy']:>8.3f} {layer['top1']:>7.1%} {layer['top5']:>7.1%}  {copying}")
     print(f"profile of {name} saved to {target}", file=sys.stderr)
     return 0

@@ -12,6 +12,12 @@ it does for one head, and `prompt_cache.rebalance` moves budget between
 all (layer, head) heaps by their replay scores. Bytes held are exactly the
 heads' kept tokens. The price is H heap calls per layer instead of one.
 
+With a `HeadPlan` (allocation="retrieval") the counts are fixed by each KV
+head's measured retrieval score instead (mlx_kv.retrieval, DuoAttention's
+split without its training): no replay, any policy. No head is given more
+than the tokens seen so far, so a short stream is not starved in the heads
+that copy while others sit on budget they cannot use.
+
 Quantities the rest of the project reads per layer ("tokens kept per KV
 head": live, budget, tier counts, counters) are the heads' means, so a
 layer of this class reads like a HeapKVCache of its average head.
@@ -19,13 +25,15 @@ layer of this class reads like a HeapKVCache of its average head.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import _BaseCache
 
+from mlx_kv.budget import allocate_capped
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
 from mlx_kv.policies import Policy
 
@@ -34,15 +42,62 @@ _SHARED = ("tokens_seen", "offset", "sinks", "window", "policy", "adaptive", "po
            "collect_batch", "diagnostics_every")
 
 
+@dataclass(frozen=True)
+class HeadPlan:
+    """Fixed per-head shares: `weights` (layers x KV heads), this layer's row
+    `layer`. Every layer of a model holds the same table and the same mean
+    budget, so each computes the whole model's split by itself."""
+
+    weights: tuple[tuple[float, ...], ...]
+    layer: int
+
+    def budgets(self, mean: int, seen: int, minimum: int) -> list[int]:
+        """This layer's head budgets: the model's total (`mean` per head)
+        split by weight, none above max(seen, minimum)."""
+        table = np.asarray(self.weights)
+        parts = allocate_capped(mean * table.size, table, minimum, max(seen, minimum))
+        return parts.reshape(table.shape)[self.layer].tolist()
+
+    def to_json(self) -> str:
+        return json.dumps({"weights": self.weights, "layer": self.layer})
+
+    @classmethod
+    def from_json(cls, text: str) -> "HeadPlan":
+        saved = json.loads(text)
+        return cls(tuple(tuple(float(w) for w in row) for row in saved["weights"]), int(saved["layer"]))
+
+
 class HeadwiseKVCache(_BaseCache):
     """A layer of one-head heaps, one per KV head, speaking the heap's protocol."""
 
-    def __init__(self, heads: list[HeapKVCache]) -> None:
+    def __init__(self, heads: list[HeapKVCache], plan: HeadPlan | None = None, mean_budget: int | None = None) -> None:
         if not heads:
             raise ValueError("a headwise layer needs at least one KV head")
+        if plan is not None and len(plan.weights[plan.layer]) != len(heads):
+            raise ValueError(f"a head plan for {len(plan.weights[plan.layer])} KV heads given {len(heads)}")
         object.__setattr__(self, "heads", list(heads))
         object.__setattr__(self, "_fetched", None)
         object.__setattr__(self, "_notes", [])
+        object.__setattr__(self, "plan", plan)
+        if mean_budget is None:
+            mean_budget = _mean(head.budget for head in heads)
+        object.__setattr__(self, "mean_budget", int(mean_budget))  # the plan's total / heads
+        object.__setattr__(self, "_planned", None)  # (mean, seen) the heads' budgets were last set for
+        if plan is not None:
+            self._follow_plan(self.tokens_seen)
+
+    def _follow_plan(self, seen: int) -> None:
+        """Set the heads' budgets by the plan for `seen` tokens (once nothing
+        is capped any more, more tokens change nothing)."""
+        key = (self.mean_budget, seen)
+        if self._planned == key:
+            return
+        minimum = self.sinks + self.window + 1
+        budgets = self.plan.budgets(self.mean_budget, seen, minimum)
+        for head, budget in zip(self.heads, budgets):
+            if head.budget != budget:
+                head.set_budget(budget)
+        object.__setattr__(self, "_planned", key)
 
     def __getattr__(self, name: str) -> Any:  # settings every head shares, read from the first
         if name in _SHARED:
@@ -60,6 +115,8 @@ class HeadwiseKVCache(_BaseCache):
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         if keys.shape[1] != len(self.heads):
             raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
+        if self.plan is not None:
+            self._follow_plan(self.tokens_seen + keys.shape[2])
         self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1])
                          for i, head in enumerate(self.heads)]
         return keys, values  # (attend reads each head's own fetch)
@@ -76,16 +133,22 @@ class HeadwiseKVCache(_BaseCache):
 
     @property
     def state(self):
-        return [head.state for head in self.heads]
+        heads = [head.state for head in self.heads]
+        if self.plan is None:
+            return heads
+        return {"heads": heads, "plan": self.plan.to_json(), "mean_budget": str(self.mean_budget)}
 
     @state.setter
     def state(self, v) -> None:
-        for head, saved in zip(self.heads, v):
+        for head, saved in zip(self.heads, v["heads"] if isinstance(v, dict) else v):
             head.state = saved
 
     @classmethod
     def from_state(cls, state) -> "HeadwiseKVCache":
-        return cls([HeapKVCache.from_state(saved) for saved in state])
+        if not isinstance(state, dict):
+            return cls([HeapKVCache.from_state(saved) for saved in state])
+        return cls([HeapKVCache.from_state(saved) for saved in state["heads"]], HeadPlan.from_json(state["plan"]),
+                   int(state["mean_budget"]))
 
     def is_trimmable(self) -> bool:
         return True
@@ -111,7 +174,8 @@ class HeadwiseKVCache(_BaseCache):
 
     @property
     def budget(self) -> int:
-        return _mean(head.budget for head in self.heads)
+        """The mean budget per head (with a plan, what the plan splits: capped heads may hold less)."""
+        return self.mean_budget if self.plan is not None else _mean(head.budget for head in self.heads)
 
     @property
     def cold_tokens(self) -> int:
@@ -162,7 +226,12 @@ class HeadwiseKVCache(_BaseCache):
 
     # -------------------------------------------------------------- controls
     def set_budget(self, budget: int) -> None:
-        """Move every head's budget by the change of the mean (their differences stay)."""
+        """Move every head's budget by the change of the mean (their differences
+        stay), or with a plan split the new mean by it."""
+        if self.plan is not None:
+            object.__setattr__(self, "mean_budget", int(budget))
+            self._follow_plan(self.tokens_seen)
+            return
         delta = int(budget) - self.budget
         minimum = self.sinks + self.window + 1
         for head in self.heads:

@@ -18,7 +18,7 @@ from mlx_kv.budget import allocate_by_scores, kv_geometry, tokens_per_layer
 from mlx_kv.config import HeapConfig
 from mlx_kv.heap.cold import group_size_for
 from mlx_kv.heap.collector import protected_mask
-from mlx_kv.heap.headwise import HEAP_LAYERS, HeadwiseKVCache, heaps
+from mlx_kv.heap.headwise import HEAP_LAYERS, HeadPlan, HeadwiseKVCache, heaps
 from mlx_kv.heap.layer import COUNTERS, HeapKVCache
 from mlx_kv.hook import install
 from mlx_kv.policies import Policy
@@ -66,13 +66,30 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             adaptive=config.allocation in ("adaptive", "headwise"),
         )
 
-    if config.allocation != "headwise":
+    if config.allocation not in ("headwise", "retrieval"):
         return [layer_heap(layer, budget, config.seed + layer) for layer, budget in enumerate(budgets)]
     n_heads = kv_geometry(model).n_kv_heads
     if recovery:
         recovery["max_bytes"] = max(1, recovery["max_bytes"] // n_heads)
-    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads + head) for head in range(n_heads)])
+    weights = head_weights(config, len(budgets), n_heads) if config.allocation == "retrieval" else None
+    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads + head) for head in range(n_heads)],
+                            HeadPlan(weights, layer) if weights else None)
             for layer, budget in enumerate(budgets)]
+
+
+def head_weights(config: HeapConfig, n_layers: int, n_heads: int) -> tuple[tuple[float, ...], ...]:
+    """allocation="retrieval": each KV head's share, its profiled retrieval
+    score (mlx_kv.retrieval; a small floor keeps an all-zero layer defined)."""
+    from mlx_kv.profile import load_profile
+
+    layers = load_profile(config.profile)["layers"]
+    scores = [layer.get("retrieval") for layer in layers]
+    if any(s is None for s in scores):
+        raise ValueError(f"profile: {config.profile} has no retrieval scores; run `mlx-kv profile` again")
+    if len(scores) != n_layers or any(len(s) != n_heads for s in scores):
+        raise ValueError(f"profile: {config.profile} describes {len(scores)} layers of {len(scores[0])} KV heads, "
+                         f"the model has {n_layers} of {n_heads}")
+    return tuple(tuple(float(w) + 1e-3 for w in row) for row in scores)
 
 
 def _layer_rope(model: Any, layer: int) -> Any:

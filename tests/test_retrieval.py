@@ -1,0 +1,154 @@
+"""allocation="retrieval": KV heads keep counts fixed by how often they copy (mlx_kv.retrieval)."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.cache import KVCache, save_prompt_cache
+
+from conftest import build_model, replayed_logits
+from mlx_kv import HeapConfig, make_heap_cache, uninstall
+from mlx_kv.budget import allocate_capped
+from mlx_kv.generate import prefill
+from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
+from mlx_kv.heap.prompt_cache import clone_heap, load_heap_cache, total_bytes
+from mlx_kv.replay import Replay
+from mlx_kv.retrieval import _CopyProbe, copy_prompt
+
+
+def write_profile(path, scores):
+    layers = [{"entropy": 1.0, "top1": 0.5, "top5": 0.9, "retrieval": list(row)} for row in scores]
+    path.write_text(json.dumps({"version": 2, "layers": layers}))
+    return str(path)
+
+
+@pytest.mark.parametrize("total,weights,minimum,cap", [
+    (100, [1, 0, 0, 0], 5, 1000), (100, [1, 1, 0, 0], 5, 30), (57, [0.3, 0.1, 0.6], 4, 40), (10, [0, 0], 5, 9),
+])
+def test_capped_split_keeps_floor_cap_and_total(total, weights, minimum, cap):
+    parts = allocate_capped(total, weights, minimum, cap)
+    assert parts.min() >= minimum and parts.max() <= max(cap, minimum)
+    assert parts.sum() == min(total, max(cap, minimum) * len(weights))
+
+
+def test_what_a_capped_head_cannot_take_goes_to_the_others_by_weight():
+    parts = allocate_capped(200, [10, 2, 1, 1], 10, 80)
+    assert parts[0] == 80 and parts[1] == 55 and sorted(parts[2:]) == [32, 33] and parts.sum() == 200
+    assert allocate_capped(200, [1, 1, 1, 1], 10, 40).tolist() == [40] * 4  # all capped: each keeps what it saw
+
+
+def test_the_probe_counts_copy_rows_whose_strongest_key_is_their_target():
+    L, D, first = 12, 16, 8
+    keys = mx.array(np.eye(L, D, dtype=np.float32))  # one distinct direction per position
+    targets = np.array([1, 2, 3])
+    q = np.zeros((1, 2, L, D), np.float32)
+    q[0, 0, first:first + 3] = np.array(keys)[targets] * 20  # head 0 looks at the targets
+    q[0, 1, first:first + 3] = np.array(keys)[[0, 0, 0]] * 20  # head 1 at the first token
+    probe = _CopyProbe(first, targets)
+    k, v = probe.update_and_fetch(keys[None, None], keys[None, None])
+    probe.attend(mx.array(q), k, v, scale=1.0, mask="causal")
+    assert probe.hits.tolist() == [1.0, 0.0]
+
+
+def test_the_copy_prompt_targets_the_original_of_the_token_each_row_writes():
+    class Words:
+        chat_template = None
+
+        def encode(self, text, add_special_tokens=False):
+            return [len(w) for w in text.split()]
+
+    doc = [11, 12, 13, 14, 15]
+    ids, first, targets = copy_prompt(Words(), doc, Replay(first=(5, 6), later=(7,), suffix=(3,)))
+    assert ids[first:] == doc and len(targets) == len(doc) - 1
+    assert all(ids[t] == ids[first + j + 1] == doc[j + 1] for j, t in enumerate(targets))
+
+
+def test_heads_keep_counts_by_their_retrieval_scores_within_the_same_total(tmp_path):
+    model = build_model("llama")
+    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
+    heap = make_heap_cache(model, HeapConfig(budget=80, window=8, policy="snapkv", allocation="retrieval",
+                                             profile=profile))
+    tokens = np.random.default_rng(3).integers(0, 101, size=400).tolist()
+    try:
+        prefill(model, heap, tokens, chunk=64)
+    finally:
+        uninstall(model)
+    budgets = [[head.budget for head in layer.heads] for layer in heap]
+    assert sum(map(sum, budgets)) == 4 * 80 and budgets[0][1] == max(map(max, budgets)) and budgets[0][1] > 80
+    assert budgets[1][0] > budgets[0][0] == budgets[1][1] == 4 + 8 + 1  # zero scores keep the floor
+    assert [[head.live for head in layer.heads] for layer in heap] == budgets
+    assert all(layer.budget == 80 for layer in heap)  # the layer reads as its mean
+    assert total_bytes(heap) == sum(unit.nbytes for unit in heaps(heap))
+
+
+def test_a_short_stream_keeps_everything_and_gives_kvcache_logits(tmp_path):
+    """No head is given more than it has seen, so while the stream is shorter
+    than the mean budget nothing is evicted, however unequal the scores."""
+    model = build_model("llama")
+    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
+    tokens = np.random.default_rng(1).integers(0, 101, size=200).tolist()
+    reference = replayed_logits(model, [KVCache() for _ in model.layers], tokens, None)
+    heap = make_heap_cache(model, HeapConfig(budget=240, policy="h2o", allocation="retrieval", profile=profile))
+    try:
+        got = replayed_logits(model, heap, tokens, None)
+    finally:
+        uninstall(model)
+    assert np.max(np.abs(got - reference)) <= 1e-4
+    assert all(head.evictions == 0 and head.live == 220 for head in heaps(heap))
+
+
+def test_a_planned_heap_saved_and_cloned_keeps_its_plan_and_continues_as_the_original(tmp_path):
+    model = build_model("llama")
+    profile = write_profile(tmp_path / "p.json", [[0.5, 0.0], [0.0, 0.2]])
+    heap = make_heap_cache(model, HeapConfig(budget=60, window=8, policy="tova", allocation="retrieval",
+                                             profile=profile))
+    tokens = np.random.default_rng(7).integers(0, 101, size=250).tolist()
+    try:
+        prefill(model, heap, tokens, chunk=100)
+        path = str(tmp_path / "heap.safetensors")
+        save_prompt_cache(path, heap)
+        copies = [clone_heap(heap), load_heap_cache(path, model=model)]
+        for _ in range(3):  # a few decode steps: each copy follows the plan as the original does
+            token = mx.array([[7]])
+            want = np.array(model(token, cache=heap))
+            for copy in copies:
+                assert np.max(np.abs(np.array(model(token, cache=copy)) - want)) <= 1e-5
+    finally:
+        uninstall(model)
+    for copy in copies:
+        assert all(isinstance(layer, HeadwiseKVCache) and layer.plan == original.plan
+                   for layer, original in zip(copy, heap))
+        assert [[h.budget for h in layer.heads] for layer in copy] == [[h.budget for h in layer.heads] for layer in heap]
+
+
+def test_setting_a_planned_layers_budget_splits_the_new_mean_by_the_plan(tmp_path):
+    model = build_model("llama")
+    profile = write_profile(tmp_path / "p.json", [[0.0, 1.0], [0.0, 0.0]])
+    heap = make_heap_cache(model, HeapConfig(budget=301, window=8, policy="snapkv", allocation="retrieval",
+                                             profile=profile))
+    tokens = np.random.default_rng(2).integers(0, 101, size=300).tolist()
+    try:
+        prefill(model, heap, tokens, chunk=300)  # everything kept: the budget is above what was seen
+        assert all(head.live == 300 for head in heaps(heap))
+        for layer in heap:
+            layer.set_budget(60)  # the bench's compress step
+    finally:
+        uninstall(model)
+    floor = 4 + 8 + 1
+    assert heap[0].heads[1].live == 4 * 60 - 3 * floor  # all that the floors leave goes to the copying head
+    assert [heap[0].heads[0].live, heap[1].heads[0].live, heap[1].heads[1].live] == [floor] * 3
+
+
+def test_retrieval_allocation_without_scores_is_refused_in_one_line(tmp_path):
+    model = build_model("llama")
+    with pytest.raises(ValueError, match="needs a profile"):
+        HeapConfig(policy="snapkv", allocation="retrieval")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"version": 1, "layers": [{"entropy": 1.0}, {"entropy": 1.0}]}))
+    with pytest.raises(ValueError, match="no retrieval scores"):
+        make_heap_cache(model, HeapConfig(policy="snapkv", allocation="retrieval", profile=str(old)))
+    wrong = write_profile(tmp_path / "wrong.json", [[0.1, 0.2, 0.3]])
+    with pytest.raises(ValueError, match="describes 1 layers of 3"):
+        make_heap_cache(model, HeapConfig(policy="snapkv", allocation="retrieval", profile=wrong))
+    uninstall(model)
