@@ -152,3 +152,21 @@ def test_retrieval_allocation_without_scores_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="describes 1 layers of 3"):
         make_heap_cache(model, HeapConfig(policy="snapkv", allocation="retrieval", profile=wrong))
     uninstall(model)
+
+
+def test_a_replaying_policy_under_a_plan_collects_only_after_each_replay(tmp_path):
+    from conftest import REPLAY
+
+    model = build_model("llama")
+    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
+    heap = make_heap_cache(model, HeapConfig(budget=200, window=8, policy="kvzip", allocation="retrieval",
+                                             profile=profile))
+    tokens = np.random.default_rng(4).integers(0, 101, size=300).tolist()
+    try:
+        prefill(model, heap, tokens, chunk=100, replay=REPLAY)
+    finally:
+        uninstall(model)
+    units = heaps(heap)
+    assert all(unit.tokens_seen == 300 and unit.live <= unit.budget for unit in units)  # the replays were trimmed
+    assert heap[0].heads[1].budget == 300  # capped at the tokens seen, not counting the replay's scratch tokens
+    assert sum(unit.budget for unit in units) == 4 * 200

@@ -29,6 +29,7 @@ def add_parser(sub: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlx_kv.bench.stream import stream
     from mlx_kv.bench.variants import policy_config
+    from mlx_kv.commands.bench_policies import saved_profile
     from mlx_kv.haystack import load_haystack
     from mlx_kv.models import load_model
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("tokens: stream at least 1000 tokens")
     heap = {"cold_bits": args.cold_bits} if args.cold_bits else {}
     try:
-        config = policy_config(args.policy, None, budget=args.budget, window=args.window, positions=args.positions,
+        config = policy_config(args.policy, saved_profile(args.model), budget=args.budget, window=args.window, positions=args.positions,
                                recovery=args.recovery, **heap)
     except ValueError as exc:
         raise UserError(str(exc)) from None

@@ -51,12 +51,14 @@ class HeadPlan:
     weights: tuple[tuple[float, ...], ...]
     layer: int
 
-    def budgets(self, mean: int, seen: int, minimum: int) -> list[int]:
+    def budgets(self, mean: int, seen: int, minimum: int) -> tuple[list[int], bool]:
         """This layer's head budgets: the model's total (`mean` per head)
-        split by weight, none above max(seen, minimum)."""
+        split by weight, none above max(seen, minimum); and whether any head
+        of the model is at that cap (if none is, more tokens change nothing)."""
         table = np.asarray(self.weights)
-        parts = allocate_capped(mean * table.size, table, minimum, max(seen, minimum))
-        return parts.reshape(table.shape)[self.layer].tolist()
+        cap = max(seen, minimum)
+        parts = allocate_capped(mean * table.size, table, minimum, cap)
+        return parts.reshape(table.shape)[self.layer].tolist(), bool(parts.max() >= cap)
 
     def to_json(self) -> str:
         return json.dumps({"weights": self.weights, "layer": self.layer})
@@ -87,17 +89,16 @@ class HeadwiseKVCache(_BaseCache):
             self._follow_plan(self.tokens_seen)
 
     def _follow_plan(self, seen: int) -> None:
-        """Set the heads' budgets by the plan for `seen` tokens (once nothing
-        is capped any more, more tokens change nothing)."""
-        key = (self.mean_budget, seen)
-        if self._planned == key:
+        """Set the heads' budgets by the plan for `seen` tokens."""
+        planned = self._planned  # (mean, seen) last set for; seen None: no head was capped, so any more seen
+        if planned is not None and planned[0] == self.mean_budget and planned[1] in (seen, None):
             return
         minimum = self.sinks + self.window + 1
-        budgets = self.plan.budgets(self.mean_budget, seen, minimum)
+        budgets, capped = self.plan.budgets(self.mean_budget, seen, minimum)
         for head, budget in zip(self.heads, budgets):
             if head.budget != budget:
                 head.set_budget(budget)
-        object.__setattr__(self, "_planned", key)
+        object.__setattr__(self, "_planned", (self.mean_budget, seen if capped else None))
 
     def __getattr__(self, name: str) -> Any:  # settings every head shares, read from the first
         if name in _SHARED:
@@ -115,7 +116,7 @@ class HeadwiseKVCache(_BaseCache):
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         if keys.shape[1] != len(self.heads):
             raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
-        if self.plan is not None:
+        if self.plan is not None and self.heads[0]._replay is None:  # (a replay's tokens are trimmed away)
             self._follow_plan(self.tokens_seen + keys.shape[2])
         self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1])
                          for i, head in enumerate(self.heads)]
