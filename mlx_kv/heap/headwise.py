@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
@@ -55,10 +56,9 @@ class HeadPlan:
         """This layer's head budgets: the model's total (`mean` per head)
         split by weight, none above max(seen, minimum); and whether any head
         of the model is at that cap (if none is, more tokens change nothing)."""
-        table = np.asarray(self.weights)
         cap = max(seen, minimum)
-        parts = allocate_capped(mean * table.size, table, minimum, cap)
-        return parts.reshape(table.shape)[self.layer].tolist(), bool(parts.max() >= cap)
+        parts = _split(self.weights, mean, cap, minimum)
+        return list(parts[self.layer]), max(map(max, parts)) >= cap
 
     def to_json(self) -> str:
         return json.dumps({"weights": self.weights, "layer": self.layer})
@@ -67,6 +67,14 @@ class HeadPlan:
     def from_json(cls, text: str) -> "HeadPlan":
         saved = json.loads(text)
         return cls(tuple(tuple(float(w) for w in row) for row in saved["weights"]), int(saved["layer"]))
+
+
+@lru_cache(maxsize=4)
+def _split(weights: tuple[tuple[float, ...], ...], mean: int, cap: int, minimum: int) -> tuple[tuple[int, ...], ...]:
+    """The whole model's split, computed once per step for all its layers."""
+    table = np.asarray(weights)
+    parts = allocate_capped(mean * table.size, table, minimum, cap).reshape(table.shape)
+    return tuple(tuple(int(b) for b in row) for row in parts)
 
 
 class HeadwiseKVCache(_BaseCache):
