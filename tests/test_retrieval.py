@@ -10,7 +10,7 @@ from mlx_lm.models.cache import KVCache, save_prompt_cache
 from conftest import build_model, replayed_logits
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
 from mlx_kv.budget import allocate_capped
-from mlx_kv.generate import prefill
+from mlx_kv.generate import decode, prefill
 from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
 from mlx_kv.heap.prompt_cache import clone_heap, load_heap_cache, total_bytes
 from mlx_kv.replay import Replay
@@ -170,3 +170,22 @@ def test_a_replaying_policy_under_a_plan_collects_only_after_each_replay(tmp_pat
     assert all(unit.tokens_seen == 300 and unit.live <= unit.budget for unit in units)  # the replays were trimmed
     assert heap[0].heads[1].budget == 300  # capped at the tokens seen, not counting the replay's scratch tokens
     assert sum(unit.budget for unit in units) == 4 * 200
+
+
+def test_decode_steps_under_a_plan_grow_the_capped_heads_without_compacting_every_step(tmp_path):
+    model = build_model("llama")
+    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
+    heap = make_heap_cache(model, HeapConfig(budget=200, window=8, policy="snapkv", allocation="retrieval",
+                                             profile=profile))
+    tokens = np.random.default_rng(8).integers(0, 101, size=300).tolist()
+    try:
+        logits, _ = prefill(model, heap, tokens, chunk=100)
+        copier = heap[0].heads[1]
+        before = copier.compactions
+        for token, _ in decode(model, heap, logits, max_tokens=20):
+            assert all(unit.live <= unit.budget for unit in heaps(heap))
+            assert sum(unit.budget for unit in heaps(heap)) == 4 * 200
+    finally:
+        uninstall(model)
+    assert copier.live == copier.budget == 320 and copier.evictions == 0  # it kept every token it saw
+    assert copier.compactions == before

@@ -96,8 +96,9 @@ class HeadwiseKVCache(_BaseCache):
         if plan is not None:
             self._follow_plan(self.tokens_seen)
 
-    def _follow_plan(self, seen: int) -> None:
-        """Set the heads' budgets by the plan for `seen` tokens."""
+    def _follow_plan(self, seen: int, now: bool = True) -> None:
+        """Set the heads' budgets by the plan for `seen` tokens (`now`: a head
+        that shrinks collects at once; else at its next call over budget)."""
         planned = self._planned  # (mean, seen) last set for; seen None: no head was capped, so any more seen
         if planned is not None and planned[0] == self.mean_budget and planned[1] in (seen, None):
             return
@@ -105,7 +106,7 @@ class HeadwiseKVCache(_BaseCache):
         budgets, capped = self.plan.budgets(self.mean_budget, seen, minimum)
         for head, budget in zip(self.heads, budgets):
             if head.budget != budget:
-                head.set_budget(budget)
+                head.set_budget(budget, now=now)
         object.__setattr__(self, "_planned", (self.mean_budget, seen if capped else None))
 
     def __getattr__(self, name: str) -> Any:  # settings every head shares, read from the first
@@ -125,7 +126,10 @@ class HeadwiseKVCache(_BaseCache):
         if keys.shape[1] != len(self.heads):
             raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
         if self.plan is not None and self.heads[0]._replay is None:  # (a replay's tokens are trimmed away)
-            self._follow_plan(self.tokens_seen + keys.shape[2])
+            # A chunk's collection must come before its attention (which may
+            # be a question's); a decode step's small moves wait for the
+            # heads' own batched collections.
+            self._follow_plan(self.tokens_seen + keys.shape[2], now=keys.shape[2] > 1)
         self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1])
                          for i, head in enumerate(self.heads)]
         return keys, values  # (attend reads each head's own fetch)

@@ -429,21 +429,24 @@ class HeapKVCache(_BaseCache):
             self._collect()
 
     # ---------------------------------------------------------------- controls
-    def set_budget(self, budget: int) -> None:
-        """Change the budget now; shrinking collects and compacts at once."""
+    def set_budget(self, budget: int, *, now: bool = True) -> None:
+        """Change the budget; shrinking collects and compacts at once (`now`),
+        or leaves it to the next call over the budget, in batches, as a
+        growing stream does (a head plan's small moves at decode steps)."""
         if budget < self.sinks + self.window + 1:
             raise ValueError(
                 f"budget: {budget} tokens is smaller than sinks + window + 1 = {self.sinks + self.window + 1}"
             )
+        shrinks = int(budget) < self.budget
         self.budget = int(budget)
         room = self.budget - self.sinks - self.window
         self.collect_batch = max(1, min(self.collect_batch, room))
         self.tenured_cap = min(self.tenured_cap, room)
-        if not self.slots.allocated:
+        if not self.slots.allocated or not now:
             return
         if self.live > self.budget:
             self._collect()
-        if self.slots.capacity > self.budget:
+        if shrinks and self.slots.capacity > self.budget:  # (growing frees nothing: no compaction)
             self._compact()
 
     def set_policy(self, policy: Policy) -> None:
@@ -591,6 +594,11 @@ class HeapKVCache(_BaseCache):
         self.demotions += result.demoted
         self.ranked += result.ranked
         dead_fraction = 1.0 - self.live / max(1, end)
+        if slack == 1 and n_victims <= 1 and self.slots.cold is None and self.slots.capacity <= self.budget:
+            # A decode step that frees one slot for the token about to land
+            # (a head at its floor, with one slot of room): the token takes
+            # that slot, so compacting would copy the arrays at every step.
+            return
         if dead_fraction > self.compact_threshold or self.slots.capacity > self.budget:
             self._compact()
 
