@@ -187,7 +187,8 @@ def allocate_capped(total: int, weights: np.ndarray, minimum: int, cap: int) -> 
     free = np.ones(n, dtype=bool)
     room = float(total - minimum * n)
     while True:
-        share = room * weights[free] / weights[free].sum() if weights[free].sum() > 0 else np.full(free.sum(), room / free.sum())
+        w = weights[free] if weights[free].sum() > 0 else np.ones(int(free.sum()))  # (all zero: even shares)
+        share = room * w / w.sum()
         over = share > cap - minimum
         if not over.any():
             parts[free] = share

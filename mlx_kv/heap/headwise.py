@@ -125,7 +125,7 @@ class HeadwiseKVCache(_BaseCache):
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         if keys.shape[1] != len(self.heads):
             raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
-        if self.plan is not None and self.heads[0]._replay is None:  # (a replay's tokens are trimmed away)
+        if self.plan is not None and not self.heads[0].replaying:  # (a replay's tokens are trimmed away)
             # A chunk's collection must come before its attention (which may
             # be a question's); a decode step's small moves wait for the
             # heads' own batched collections.

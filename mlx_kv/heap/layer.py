@@ -211,6 +211,11 @@ class HeapKVCache(_BaseCache):
         return out
 
     # ------------------------------------------------------------------ replay
+    @property
+    def replaying(self) -> bool:
+        """Whether a replay's scratch tokens are in the heap now (between begin_replay and end_replay)."""
+        return self._replay is not None
+
     def expect_replay(self) -> None:
         """The driver will replay the chunks it feeds: a chunk's collection waits for its replay."""
         self._replay_expected = True
