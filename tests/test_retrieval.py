@@ -23,6 +23,15 @@ def write_profile(path, scores):
     return str(path)
 
 
+COPIER = [[0.0, 0.9], [0.1, 0.0]]  # layer 0's second KV head copies, layer 1's first a little
+
+
+def planned_heap(model, tmp_path, scores=COPIER, **settings):
+    """A heap with allocation="retrieval" on a profile holding `scores` (layers x KV heads)."""
+    profile = write_profile(tmp_path / "p.json", scores)
+    return make_heap_cache(model, HeapConfig(allocation="retrieval", profile=profile, **settings))
+
+
 @pytest.mark.parametrize("total,weights,minimum,cap", [
     (100, [1, 0, 0, 0], 5, 1000), (100, [1, 1, 0, 0], 5, 30), (57, [0.3, 0.1, 0.6], 4, 40), (10, [0, 0], 5, 9),
 ])
@@ -66,9 +75,7 @@ def test_the_copy_prompt_targets_the_original_of_the_token_each_row_writes():
 
 def test_heads_keep_counts_by_their_retrieval_scores_within_the_same_total(tmp_path):
     model = build_model("llama")
-    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
-    heap = make_heap_cache(model, HeapConfig(budget=80, window=8, policy="snapkv", allocation="retrieval",
-                                             profile=profile))
+    heap = planned_heap(model, tmp_path, budget=80, window=8, policy="snapkv")
     tokens = np.random.default_rng(3).integers(0, 101, size=400).tolist()
     try:
         prefill(model, heap, tokens, chunk=64)
@@ -86,10 +93,9 @@ def test_a_short_stream_keeps_everything_and_gives_kvcache_logits(tmp_path):
     """No head is given more than it has seen, so while the stream is shorter
     than the mean budget nothing is evicted, however unequal the scores."""
     model = build_model("llama")
-    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
     tokens = np.random.default_rng(1).integers(0, 101, size=200).tolist()
     reference = replayed_logits(model, [KVCache() for _ in model.layers], tokens, None)
-    heap = make_heap_cache(model, HeapConfig(budget=240, policy="h2o", allocation="retrieval", profile=profile))
+    heap = planned_heap(model, tmp_path, budget=240, policy="h2o")
     try:
         got = replayed_logits(model, heap, tokens, None)
     finally:
@@ -100,9 +106,7 @@ def test_a_short_stream_keeps_everything_and_gives_kvcache_logits(tmp_path):
 
 def test_a_planned_heap_saved_and_cloned_keeps_its_plan_and_continues_as_the_original(tmp_path):
     model = build_model("llama")
-    profile = write_profile(tmp_path / "p.json", [[0.5, 0.0], [0.0, 0.2]])
-    heap = make_heap_cache(model, HeapConfig(budget=60, window=8, policy="tova", allocation="retrieval",
-                                             profile=profile))
+    heap = planned_heap(model, tmp_path, [[0.5, 0.0], [0.0, 0.2]], budget=60, window=8, policy="tova")
     tokens = np.random.default_rng(7).integers(0, 101, size=250).tolist()
     try:
         prefill(model, heap, tokens, chunk=100)
@@ -124,9 +128,7 @@ def test_a_planned_heap_saved_and_cloned_keeps_its_plan_and_continues_as_the_ori
 
 def test_setting_a_planned_layers_budget_splits_the_new_mean_by_the_plan(tmp_path):
     model = build_model("llama")
-    profile = write_profile(tmp_path / "p.json", [[0.0, 1.0], [0.0, 0.0]])
-    heap = make_heap_cache(model, HeapConfig(budget=301, window=8, policy="snapkv", allocation="retrieval",
-                                             profile=profile))
+    heap = planned_heap(model, tmp_path, [[0.0, 1.0], [0.0, 0.0]], budget=301, window=8, policy="snapkv")
     tokens = np.random.default_rng(2).integers(0, 101, size=300).tolist()
     try:
         prefill(model, heap, tokens, chunk=300)  # everything kept: the budget is above what was seen
@@ -158,9 +160,7 @@ def test_a_replaying_policy_under_a_plan_collects_only_after_each_replay(tmp_pat
     from conftest import REPLAY
 
     model = build_model("llama")
-    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
-    heap = make_heap_cache(model, HeapConfig(budget=200, window=8, policy="kvzip", allocation="retrieval",
-                                             profile=profile))
+    heap = planned_heap(model, tmp_path, budget=200, window=8, policy="kvzip")
     tokens = np.random.default_rng(4).integers(0, 101, size=300).tolist()
     try:
         prefill(model, heap, tokens, chunk=100, replay=REPLAY)
@@ -174,9 +174,7 @@ def test_a_replaying_policy_under_a_plan_collects_only_after_each_replay(tmp_pat
 
 def test_decode_steps_under_a_plan_grow_the_capped_heads_without_compacting_every_step(tmp_path):
     model = build_model("llama")
-    profile = write_profile(tmp_path / "p.json", [[0.0, 0.9], [0.1, 0.0]])
-    heap = make_heap_cache(model, HeapConfig(budget=200, window=8, policy="snapkv", allocation="retrieval",
-                                             profile=profile))
+    heap = planned_heap(model, tmp_path, budget=200, window=8, policy="snapkv")
     tokens = np.random.default_rng(8).integers(0, 101, size=300).tolist()
     try:
         logits, _ = prefill(model, heap, tokens, chunk=100)
