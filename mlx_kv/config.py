@@ -7,10 +7,11 @@ from typing import Any
 
 from mlx_kv.sizes import parse_bytes
 
-__all__ = ["HeapConfig", "parse_bytes", "POSITIONS", "ALLOCATIONS"]
+__all__ = ["HeapConfig", "parse_bytes", "POSITIONS", "ALLOCATIONS", "PROFILED"]
 
 POSITIONS = ("absolute", "cache")
 ALLOCATIONS = ("uniform", "pyramid", "entropy", "adaptive", "headwise", "retrieval")
+PROFILED = ("entropy", "retrieval")  # allocations that read `mlx-kv profile`'s output
 
 
 @dataclass
@@ -140,7 +141,7 @@ class HeapConfig:
         if self.allocation in ("adaptive", "headwise") and not self.make_policy().replays:
             raise ValueError(f"allocation: {self.allocation!r} moves the budget by replay scores; policy {self.policy!r} "
                              "does not replay (use kvzip)")
-        if self.allocation in ("entropy", "retrieval") and not self.profile:
+        if self.allocation in PROFILED and not self.profile:
             raise ValueError(f"allocation: {self.allocation!r} needs a profile; run `mlx-kv profile --model M` first")
         if self.cold_bits is not None and (isinstance(self.cold_bits, bool) or self.cold_bits not in (4, 8)):
             raise ValueError(f"cold_bits: must be 4, 8 or None, got {self.cold_bits!r}")

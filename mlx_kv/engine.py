@@ -25,7 +25,7 @@ from mlx.utils import tree_unflatten
 
 from mlx_kv.budget import kv_geometry
 from mlx_kv.chat_format import ChatFormat
-from mlx_kv.config import HeapConfig
+from mlx_kv.config import PROFILED, HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import DiskFull, UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, MemoryMap, Pillar, Throughput
@@ -81,7 +81,7 @@ class Session:
     def load(cls, model: str | None = None, budget: int | str | None = None, policy: str | None = None,
              progress: Callable[[str], None] | None = None, weights: str = "auto", **heap: Any) -> "Session":
         heap.setdefault("positions", SESSION_POSITIONS)
-        if heap.get("allocation") in ("entropy", "retrieval") and not heap.get("profile"):
+        if heap.get("allocation") in PROFILED and not heap.get("profile"):
             from mlx_kv.models import resolve_model_path
             from mlx_kv.profile import find_profile
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlx_kv.config import HeapConfig
+from mlx_kv.config import PROFILED, HeapConfig
 
 RECOVERY_ALLOWANCE = "1GB"
 VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +headwise, +retrieval, +recover, +everyN, +noiseX or +arg=value"
@@ -54,7 +54,7 @@ def policy_config(policy: str, profile: str | None = None, **settings: Any) -> H
     """The HeapConfig a heap policy name and its variants stand for (ValueError
     naming what is wrong); `profile` is the model's saved profile, for +entropy."""
     name, variants = parse_policy(policy)
-    if variants.get("allocation") in ("entropy", "retrieval"):
+    if variants.get("allocation") in PROFILED:
         if not profile:
             raise ValueError(f"policies: +{variants['allocation']} needs the model's profile; "
                              "run `mlx-kv profile --model M` first")
