@@ -12,6 +12,7 @@ from mlx_kv import HeapConfig, make_heap_cache, uninstall
 from mlx_kv.budget import allocate_capped
 from mlx_kv.generate import decode, prefill
 from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
+from mlx_kv.heap.layer import default_collect_batch
 from mlx_kv.heap.prompt_cache import clone_heap, load_heap_cache, total_bytes
 from mlx_kv.replay import Replay
 from mlx_kv.retrieval import _CopyProbe, copy_prompt
@@ -187,3 +188,17 @@ def test_decode_steps_under_a_plan_grow_the_capped_heads_without_compacting_ever
         uninstall(model)
     assert copier.live == copier.budget == 320 and copier.evictions == 0  # it kept every token it saw
     assert copier.compactions == before
+
+
+def test_a_planned_head_that_grows_from_its_floor_collects_in_batches_again(tmp_path):
+    model = build_model("llama")
+    heap = planned_heap(model, tmp_path, budget=400, window=8, policy="snapkv")
+    tokens = np.random.default_rng(9).integers(0, 101, size=1200).tolist()
+    try:
+        prefill(model, heap, tokens, chunk=300)
+    finally:
+        uninstall(model)
+    copier = heap[0].heads[1]  # built at its floor (one slot of room), then given most of the total
+    assert copier.budget > 1000
+    assert copier.collect_batch == default_collect_batch(copier.budget) > 1
+    assert copier.tenured_cap == (copier.budget - copier.sinks - copier.window) // 4

@@ -77,10 +77,9 @@ class HeapKVCache(_BaseCache):
         self.budget = int(budget)
         self.sinks = int(sinks)
         self.window = int(window)
-        room = self.budget - self.sinks - self.window
-        self.collect_batch = int(collect_batch or default_collect_batch(self.budget))
-        self.collect_batch = max(1, min(self.collect_batch, room))
-        self.tenured_cap = int(room // 4 if tenured is None else min(tenured, room))
+        # what was asked (None: derived from the budget), so that set_budget derives them again
+        self._asked = {"collect_batch": collect_batch, "tenured": tenured}
+        self._fit_to_budget()
         self.promote_after = int(promote_after)
         self.major_every = int(major_every)
         self.policy = policy if policy is not None else POLICIES["h2o"]()
@@ -354,8 +353,8 @@ class HeapKVCache(_BaseCache):
         """What __init__ needs to rebuild this heap, as saved with its state."""
         return {
             "budget": self.budget, "sinks": self.sinks, "window": self.window,
-            "tenured": self.tenured_cap, "promote_after": self.promote_after,
-            "major_every": self.major_every, "collect_batch": self.collect_batch,
+            "tenured": self._asked["tenured"], "promote_after": self.promote_after,
+            "major_every": self.major_every, "collect_batch": self._asked["collect_batch"],
             "compact_threshold": self.compact_threshold, "rank_noise": self.rank_noise,
             "score_block": self.score_block, "score_every": self.score_every, "seed": self.seed, "positions": self.position_mode,
             "recovery": self.recovery, "cold_bits": self.cold_bits, "adaptive": self.adaptive,
@@ -444,15 +443,22 @@ class HeapKVCache(_BaseCache):
             )
         shrinks = int(budget) < self.budget
         self.budget = int(budget)
-        room = self.budget - self.sinks - self.window
-        self.collect_batch = max(1, min(self.collect_batch, room))
-        self.tenured_cap = min(self.tenured_cap, room)
+        self._fit_to_budget()
         if not self.slots.allocated or not now:
             return
         if self.live > self.budget:
             self._collect()
         if shrinks and self.slots.capacity > self.budget:  # (growing frees nothing: no compaction)
             self._compact()
+
+    def _fit_to_budget(self) -> None:
+        """The batch a collection frees and the tenured cap, as the budget
+        allows: a head plan's heads start at their floor (one slot of room)
+        and grow, and must not keep collecting one slot at a time."""
+        room = self.budget - self.sinks - self.window
+        self.collect_batch = max(1, min(int(self._asked["collect_batch"] or default_collect_batch(self.budget)), room))
+        tenured = self._asked["tenured"]
+        self.tenured_cap = int(room // 4 if tenured is None else min(tenured, room))
 
     def set_policy(self, policy: Policy) -> None:
         """Switch policy; accumulated scores start again from zero."""
