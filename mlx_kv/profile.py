@@ -106,3 +106,28 @@ def load_profile(path: str | Path) -> dict:
     if not all(np.isfinite(entropies)):
         raise ValueError(f"profile: {path} holds non-finite entropies")
     return profile
+
+
+def retrieval_profile(model_path: Path) -> Path | None:
+    """The model's profile if it holds retrieval scores (allocation="retrieval"
+    can read it); None without one, or with one from before those scores."""
+    found = find_profile(model_path)
+    if found is None:
+        return None
+    try:
+        layers = load_profile(found)["layers"]
+    except ValueError:
+        return None
+    return found if all(isinstance(layer.get("retrieval"), list) for layer in layers) else None
+
+
+def profile_and_save(model_path: Path, weights: str = "auto", **settings: Any) -> tuple[dict, Path, str]:
+    """Load the model, profile it and save the profile where find_profile
+    looks: (profile, where it was saved, the model's display name)."""
+    from mlx_kv.models import load_model
+
+    model, tokenizer, name = load_model(str(model_path), weights=weights)
+    profile = profile_model(model, tokenizer, **settings)
+    target = profile_path(model_path)
+    save_profile(profile, target)
+    return profile, target, name

@@ -79,8 +79,8 @@ def test_instances_are_chat_sessions(tiny_model_dir):
 
 
 def test_the_fake_knows_the_real_policy_names():
-    from mlx_kv.config import HeapConfig
+    from mlx_kv.engine import SESSION_POLICY
     from mlx_kv.policies import POLICIES
 
     assert set(FAKE_POLICIES) == set(POLICIES)
-    assert FakeSession.load().policy == HeapConfig().policy
+    assert FakeSession.load().policy == SESSION_POLICY

@@ -22,16 +22,13 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlx_kv.models import load_model, resolve_model_path
-    from mlx_kv.profile import profile_model, profile_path, save_profile
+    from mlx_kv.models import resolve_model_path
+    from mlx_kv.profile import profile_and_save
 
     if args.prompts < 1 or args.tokens < 64:
         raise UserError("profile: --prompts must be >= 1 and --tokens >= 64")
-    path = resolve_model_path(args.model)
-    model, tokenizer, name = load_model(str(path), weights=args.weights)
-    profile = profile_model(model, tokenizer, prompts=args.prompts, tokens=args.tokens)
-    target = profile_path(path)
-    save_profile(profile, target)
+    profile, target, name = profile_and_save(resolve_model_path(args.model), args.weights,
+                                             prompts=args.prompts, tokens=args.tokens)
     if args.json:
         print(json.dumps(profile))
     else:
