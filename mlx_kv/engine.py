@@ -96,6 +96,9 @@ class Session:
             source = str(path)
             if default_split:
                 heap.update(_default_split(path, policy))
+                if "allocation" not in heap and progress is not None:
+                    progress(f"{path.name} has no profile of its KV heads: every head keeps the same count; "
+                             f"`mlx-kv profile --model {model or path}` measures it once")
             elif (found := find_profile(path)) is None:
                 raise UserError(f"allocation: {heap['allocation']!r} needs a profile; "
                                 "run `mlx-kv profile` for this model first")

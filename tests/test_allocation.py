@@ -79,8 +79,10 @@ def test_a_session_left_to_choose_splits_its_budget_by_the_profiles_retrieval_sc
 
     target = profile_path(tiny_model_dir)
     assert not target.exists()
-    plain = Session.load(str(tiny_model_dir), budget=120, window=16)  # no profile: one count for every head
-    assert plain.config.policy == SESSION_POLICY and plain.config.allocation == "uniform"
+    notes = []
+    plain = Session.load(str(tiny_model_dir), budget=120, window=16, progress=notes.append)
+    assert plain.config.policy == SESSION_POLICY and plain.config.allocation == "uniform"  # no profile: one count
+    assert any("`mlx-kv profile" in note for note in notes)
     layers = [{"entropy": 1.0, "top1": 0.5, "top5": 0.9, "retrieval": row} for row in ([0.0, 0.9], [0.1, 0.0])]
     target.write_text(json.dumps({"version": 2, "layers": layers}))
     try:
