@@ -633,9 +633,9 @@ def _default_split(model_path: Path, policy: str) -> dict[str, Any]:
     """How a session splits its budget unless told: a replaying policy
     between all KV heads by its replay scores (allocation="headwise"), any
     other between the KV heads by their profiled retrieval scores where the
-    model's profile has them (streamed on SmolLM2, snapkv keeps a fact 26 and
+    model's profile has them (streamed on SmolLM2, snapkv keeps a fact 27 and
     24 of 30 times with half and three quarters of a document removed,
-    against 2 and 1 of 10 with one count per layer), else one count for all."""
+    against 3 and 1 of 10 with one count per layer), else one count for all."""
     from mlx_kv.profile import retrieval_profile
 
     if getattr(POLICIES.get(policy), "replays", False):
