@@ -89,6 +89,19 @@ def grouped_attention(
     return Attended(out, weight_sum, count, last_row)
 
 
+def last_query_weights(queries: mx.array, keys: mx.array, scale: float, dead_bias: mx.array | None = None) -> mx.array:
+    """(H, G, L) the last query's attention over keys (1, H, L, D): the
+    dashboard's sample for a call the fused kernel served (the last query
+    is the newest token, so it sees every live key)."""
+    B, n_q, _, D = queries.shape
+    H = keys.shape[1]
+    q = (queries[:, :, -1:, :] * scale).reshape(B, H, n_q // H, D)
+    s = (q @ keys.swapaxes(-1, -2)).astype(mx.float32)
+    if dead_bias is not None:
+        s = s + dead_bias[None, :, None, :]
+    return mx.softmax(s, axis=-1, precise=True)[0]
+
+
 def packed_cold_attention(
     queries: mx.array,
     cold_keys: tuple[mx.array, mx.array, mx.array],

@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 from conftest import write_model_folder
@@ -124,3 +125,20 @@ def test_a_session_with_a_cold_tier_reports_its_quantized_tokens(tmp_path):
 def test_a_cold_tier_on_a_head_dim_mlx_cannot_quantize_is_a_clear_error(tiny_model_dir):
     with pytest.raises(UserError, match="head_dim 16"):
         Session.load(str(tiny_model_dir), budget=96, window=16, cold_bits=4)
+
+
+@pytest.mark.parametrize("policy", ["keydiff", "h2o"])
+def test_pillars_show_where_attention_went_whether_or_not_the_policy_reads_it(tiny_model_dir, tmp_path, policy):
+    session = Session.load(str(tiny_model_dir), budget=120, window=16, policy=policy)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"w{i % 90 + 2}" for i in range(300)))
+    session.ingest(str(doc))
+    "".join(session.chat("w3 w4", max_tokens=24))
+    pillars = session.heap_stats().pillars
+    kept = {int(p) for layer in session.cache for row in layer.kept_positions() for p in row}
+    assert pillars and all(p.position in kept and session.config.sinks <= p.position for p in pillars)
+    if policy == "keydiff":  # the samples went into acc/seen, which keydiff's own scores never read
+        layer = session.cache[0]
+        positions, attention = layer.sampled_attention()
+        sampled = attention[positions >= 0]
+        assert np.isfinite(sampled).any() and np.nanmax(sampled) <= 1.0

@@ -231,11 +231,11 @@ class HeadwiseKVCache(_BaseCache):
     def token_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions, scores) (H, slots) as HeapKVCache's, each head's row
         padded to the longest with dead slots (-1, nan)."""
-        found = [head.token_scores() for head in self.heads]
-        width = max(pos.shape[1] for pos, _ in found)
-        pad = lambda a, fill: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
-        return (np.concatenate([pad(pos, -1) for pos, _ in found]),
-                np.concatenate([pad(scores.astype(np.float64), np.nan) for _, scores in found]))
+        return _stacked([head.token_scores() for head in self.heads])
+
+    def sampled_attention(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, attention) (H, slots) as HeapKVCache's, padded as token_scores."""
+        return _stacked([head.sampled_attention() for head in self.heads])
 
     # -------------------------------------------------------------- controls
     def set_budget(self, budget: int) -> None:
@@ -303,3 +303,11 @@ def _mean(values) -> int:
 
 for _name in COUNTERS:  # per-head counters read as the heads' mean
     setattr(HeadwiseKVCache, _name, property(lambda self, n=_name: _mean(getattr(h, n) for h in self.heads)))
+
+
+def _stacked(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One-head (positions, values) rows as one (H, slots) pair, each padded to the longest with dead slots."""
+    width = max(pos.shape[1] for pos, _ in found)
+    pad = lambda a, fill: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+    return (np.concatenate([pad(pos, -1) for pos, _ in found]),
+            np.concatenate([pad(values.astype(np.float64), np.nan) for _, values in found]))

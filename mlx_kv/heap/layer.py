@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -32,13 +33,14 @@ import numpy as np
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import _BaseCache
 
-from mlx_kv.attention import (attention_summary, grouped_attention, masked_attention, packed_cold_attention, query_block,
-                              replay_weights)
+from mlx_kv.attention import (attention_summary, grouped_attention, last_query_weights, masked_attention,
+                              packed_cold_attention, query_block, replay_weights)
 from mlx_kv.heap.cold import ColdTier, group_size_for
 from mlx_kv.heap.collector import collect, compaction_order, noisy, protected_mask, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore, lost_note
 from mlx_kv.heap.slots import SlotTable, slot_bytes
 from mlx_kv.policies import POLICIES, Policy, SlotView
+from mlx_kv.policies.base import mean_attention
 from mlx_kv.positions import CacheShifts, check_rope, key_shifts
 
 _STEP = 256
@@ -180,12 +182,16 @@ class HeapKVCache(_BaseCache):
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
         scored = not (policy.observes == "none" or (n_new == 1 and self.calls % self.score_every))
-        sample = scored and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
+        blind = policy.observes == "none"
+        sample = (scored or blind) and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
+        weights = count = last_row = None
         if n_new == 1 and self.slots.hot0 and self.position_mode == "absolute":
             # (positions="cache" owes each cold key its own RoPE shift, so it attends the dequantized tier)
             out, weights, count, last_row = self._attend_packed_cold(queries, scale, dead_bias, scored, sample)
         elif not scored:
             out = masked_attention(queries, keys, values, scale, dead_bias)
+            if sample:
+                last_row = last_query_weights(queries, keys, scale, dead_bias)
         else:
             out, weights, count, last_row = grouped_attention(
                 queries, keys, values, scale, first_query_slot=first, dead_bias=dead_bias,
@@ -194,7 +200,13 @@ class HeapKVCache(_BaseCache):
             )
         if sample:
             self.attention_stats = attention_summary(last_row, self._live)
-        if scored and weights is not None:
+        if blind and sample:
+            # A policy that reads no attention leaves acc/seen unused: they
+            # gather the dashboard's samples instead (sampled_attention).
+            group = float(last_row.shape[1])
+            self.slots.fold(self.end, partial(Policy.accumulate, policy), last_row.sum(axis=1),
+                            mx.full(last_row[:, 0].shape, group))
+        elif scored and weights is not None:
             self.slots.fold(self.end, policy.accumulate, weights, count)
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
@@ -497,6 +509,17 @@ class HeapKVCache(_BaseCache):
         if self.store is None:
             return [np.zeros(0, np.int64) for _ in range(self.slots.n_heads)]
         return self.store.spilled_positions()
+
+    def sampled_attention(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, attention) per (kv_head, live slot): the attention its
+        queries paid each token, per query that could see it (the policy's
+        accumulators; for a policy that reads no attention, the dashboard's
+        samples of the last query, one call in `diagnostics_every`)."""
+        pos = self.slots.positions[:, : self.end]
+        if not self.slots.allocated:
+            return pos, np.zeros(pos.shape)
+        acc, seen = (np.array(a[:, : self.end]) for a in (self.slots.acc, self.slots.seen))
+        return pos, np.where((pos >= 0) & (seen > 0), mean_attention(acc, seen), np.nan)
 
     def token_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions, scores) per (kv_head, live slot) as the policy sees them now."""
