@@ -636,10 +636,10 @@ def _default_split(model_path: Path, policy: str) -> dict[str, Any]:
     """How a session splits its budget unless told: a replaying policy
     between all KV heads by its replay scores (allocation="headwise"), any
     other between the KV heads by their profiled retrieval scores where the
-    model's profile has them (streamed on SmolLM2 with three quarters and
-    seven eighths of a document removed, keydiff keeps a fact 26 and 22 of 30
-    times, against 5 of 10 at three quarters with one count per layer), else
-    one count for all."""
+    model's profile has them (streamed on SmolLM2 with half, three quarters
+    and seven eighths of a document removed, keydiff keeps a fact 30, 26 and
+    22 of 30 times, against 7 and 5 of 10 at half and three quarters with one
+    count per layer), else one count for all."""
     from mlx_kv.profile import retrieval_profile
 
     if getattr(POLICIES.get(policy), "replays", False):
