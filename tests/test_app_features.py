@@ -11,7 +11,7 @@ import pytest
 
 from app.app import MlxKvApp
 from app.engine_worker import EngineWorker, Ingest, slug
-from app.fake_engine import FakeSession
+from app.fake_engine import DEFAULT_POLICY, FakeSession
 from app.prefs import Prefs
 from app.screens.conversations import ConversationsScreen
 from app.screens.help import HelpScreen, key_name
@@ -287,7 +287,7 @@ async def test_the_context_bar_and_the_eviction_lines(tmp_path):
         await wait_for(pilot, lambda: "report.md 51% evicted" in app.main.context_bar.plain, what="bar")
         text = app.main.context_bar.plain
         assert "read 2,100 · kept 1,024 (49%) · budget 1,024/layer" in text
-        assert "the heap evicts by h2o" in text
+        assert f"the heap evicts by {DEFAULT_POLICY}" in text
         assert ContextBar.cells(1500, 1024, 1024, 15) == "█" * 10 + "▒" * 5
         announced = [l for l in app.main.chat.lines() if l.startswith("report.md:")]
         # when eviction reached it, then as it passed 25% and 50% (each milestone once)
@@ -328,7 +328,7 @@ async def test_overflow_stop_refuses_and_rolling_keeps_the_newest(tmp_path):
         await type_line(pilot, "now it fits")
         await answered(app, pilot)
         await type_line(pilot, "/overflow heap")
-        await wait_for(pilot, lambda: app.engine.session.policy == "h2o", what="heap again")
+        await wait_for(pilot, lambda: app.engine.session.policy == DEFAULT_POLICY, what="heap again")
         await saved(app, pilot)
         assert SessionStore(tmp_path / "store").load(app.conversation).settings["overflow"] == "heap"
 

@@ -98,14 +98,16 @@ def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies(tiny_model
     from mlx_kv.engine import Session
 
     session = Session.load(str(tiny_model_dir), budget=96, policy="kvzip", window=16)
+    assert session.config.allocation == "headwise"  # a session's default split for a replaying policy
     session.ingest(" ".join(f"w{i % 90}" for i in range(400)))
     reply = "".join(session.chat("w1 w2 w3", max_tokens=12))
-    layer = session.cache[0]
-    assert layer.live <= 96 and layer.tokens_seen > 400
+    assert sum(layer.live for layer in session.cache) <= 96 * len(session.cache)
+    assert session.cache[0].tokens_seen > 400
     assert reply.strip(), "the test model gave an empty reply; nothing was replayed"
-    recon = np.array(layer.slots.recon[:, : layer.end])
-    newest = layer.slots.positions[:, : layer.end] >= layer.tokens_seen - 3  # the reply's last tokens
-    assert (recon[newest] > 0).all()
+    for head in session.cache[0].heads:
+        recon = np.array(head.slots.recon[:, : head.end])
+        newest = head.slots.positions[:, : head.end] >= head.tokens_seen - 3  # the reply's last tokens
+        assert (recon[newest] > 0).all()
 
 
 @pytest.mark.parametrize("settings", [

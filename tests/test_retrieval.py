@@ -202,3 +202,21 @@ def test_a_planned_head_that_grows_from_its_floor_collects_in_batches_again(tmp_
     assert copier.budget > 1000
     assert copier.collect_batch == default_collect_batch(copier.budget) > 1
     assert copier.tenured_cap == (copier.budget - copier.sinks - copier.window) // 4
+
+
+def test_every_head_of_a_planned_layer_records_where_mlx_lm_rotated_its_keys(tmp_path):
+    # positions="cache": mlx-lm rotates at the layer's offset (its first head's count kept); a head that
+    # keeps another count must stamp that rotation, not its own count, or its keys get the wrong shift
+    model = build_model("llama")
+    heap = planned_heap(model, tmp_path, budget=60, window=8, policy="keydiff", positions="cache")
+    tokens = np.random.default_rng(10).integers(0, 101, size=400).tolist()
+    try:
+        logits, _ = prefill(model, heap, tokens, chunk=100)
+        assert len({head.live for head in heap[0].heads}) > 1  # the heads keep different counts
+        rotated = heap[0].offset
+        mx.eval(model(mx.array([[5]]), cache=heap))
+    finally:
+        uninstall(model)
+    for head in heap[0].heads:
+        newest = np.argmax(head.slots.positions[0, : head.end])
+        assert head.slots.rot[0, newest] == rotated

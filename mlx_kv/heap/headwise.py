@@ -125,12 +125,15 @@ class HeadwiseKVCache(_BaseCache):
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         if keys.shape[1] != len(self.heads):
             raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
+        # mlx-lm rotated these at the layer's offset, its first head's (positions="cache": its count
+        # kept); heads that keep other counts owe their keys the difference (mlx_kv.positions)
+        rotated = self.offset
         if self.plan is not None and not self.heads[0].replaying:  # (a replay's tokens are trimmed away)
             # A chunk's collection must come before its attention (which may
             # be a question's); a decode step's small moves wait for the
             # heads' own batched collections.
             self._follow_plan(self.tokens_seen + keys.shape[2], now=keys.shape[2] > 1)
-        self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1])
+        self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1], rotated_at=rotated)
                          for i, head in enumerate(self.heads)]
         return keys, values  # (attend reads each head's own fetch)
 

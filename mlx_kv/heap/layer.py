@@ -139,16 +139,20 @@ class HeapKVCache(_BaseCache):
         tokens seen, or (positions="cache") the number of tokens kept."""
         return self._live if self.position_mode == "cache" else self.tokens_seen
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+    def update_and_fetch(self, keys: mx.array, values: mx.array, *, rotated_at: int | None = None
+                         ) -> tuple[mx.array, mx.array]:
+        """`rotated_at`: where mlx-lm rotated these queries and keys, when
+        that was not this heap's own offset (a head of a headwise layer: mlx-lm
+        read the layer's offset, which is its first head's)."""
         if keys.shape[0] != 1:
             raise ValueError("the heap supports batch size 1 only")
         n_new = keys.shape[2]
         self._reused = None
-        self._query_base = self.offset  # where mlx-lm just rotated these queries and keys
+        self._query_base = self.offset if rotated_at is None else rotated_at
         if self._collect_pending and self._replay is None:
             self._collect_pending = False
             self._collect()
-            self._query_base = self.offset
+            self._query_base = self.offset if rotated_at is None else rotated_at
         if not self.slots.allocated:
             self._allocate(keys, values, n_new)
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
