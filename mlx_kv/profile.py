@@ -108,6 +108,13 @@ def load_profile(path: str | Path) -> dict:
     return profile
 
 
+def retrieval_rows(profile: dict) -> list[list[float]] | None:
+    """A profile's retrieval scores per layer (KV heads), or None if it has
+    none (written before `mlx-kv profile` measured them)."""
+    rows = [layer.get("retrieval") for layer in profile["layers"]]
+    return rows if all(isinstance(row, list) for row in rows) else None
+
+
 def retrieval_profile(model_path: Path) -> Path | None:
     """The model's profile if it holds retrieval scores (allocation="retrieval"
     can read it); None without one, or with one from before those scores."""
@@ -115,10 +122,9 @@ def retrieval_profile(model_path: Path) -> Path | None:
     if found is None:
         return None
     try:
-        layers = load_profile(found)["layers"]
+        return found if retrieval_rows(load_profile(found)) is not None else None
     except ValueError:
         return None
-    return found if all(isinstance(layer.get("retrieval"), list) for layer in layers) else None
 
 
 def profile_and_save(model_path: Path, weights: str = "auto", **settings: Any) -> tuple[dict, Path, str]:

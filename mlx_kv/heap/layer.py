@@ -185,8 +185,8 @@ class HeapKVCache(_BaseCache):
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
-        scored = not (policy.observes == "none" or (n_new == 1 and self.calls % self.score_every))
         blind = policy.observes == "none"
+        scored = not (blind or (n_new == 1 and self.calls % self.score_every))
         sample = (scored or blind) and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
         weights = count = last_row = None
         if n_new == 1 and self.slots.hot0 and self.position_mode == "absolute":

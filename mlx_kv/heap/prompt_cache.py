@@ -80,11 +80,10 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
 def head_weights(config: HeapConfig, n_layers: int, n_heads: int) -> tuple[tuple[float, ...], ...]:
     """allocation="retrieval": each KV head's share, its profiled retrieval
     score (mlx_kv.retrieval; a small floor keeps an all-zero layer defined)."""
-    from mlx_kv.profile import load_profile
+    from mlx_kv.profile import load_profile, retrieval_rows
 
-    layers = load_profile(config.profile)["layers"]
-    scores = [layer.get("retrieval") for layer in layers]
-    if any(s is None for s in scores):
+    scores = retrieval_rows(load_profile(config.profile))
+    if scores is None:
         raise ValueError(f"profile: {config.profile} has no retrieval scores; run `mlx-kv profile` again")
     if len(scores) != n_layers or any(len(s) != n_heads for s in scores):
         raise ValueError(f"profile: {config.profile} describes {len(scores)} layers of {len(scores[0])} KV heads, "
