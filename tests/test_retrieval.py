@@ -220,3 +220,27 @@ def test_every_head_of_a_planned_layer_records_where_mlx_lm_rotated_its_keys(tmp
     for head in heap[0].heads:
         newest = np.argmax(head.slots.positions[0, : head.end])
         assert head.slots.rot[0, newest] == rotated
+
+
+@pytest.mark.parametrize("positions", ["absolute", "cache"])
+def test_a_planned_layer_is_one_heap_until_a_head_must_evict_then_continues_as_its_split_heads(tmp_path, positions):
+    # While a layer has seen no more than its mean budget every head keeps all it saw, so one heap of all
+    # the heads serves (one attention call, as a plain heap); it must then become exactly the heads an
+    # eager split would have built.
+    model = build_model("llama")
+    lazy = planned_heap(model, tmp_path, budget=120, window=8, policy="snapkv", positions=positions)
+    eager = planned_heap(model, tmp_path, budget=120, window=8, policy="snapkv", positions=positions)
+    eager = [HeadwiseKVCache(layer.heads[0].split_heads(layer.kv_heads), layer.plan) for layer in eager]
+    tokens = np.random.default_rng(11).integers(0, 101, size=320).tolist()
+    try:
+        first = [prefill(model, cache, tokens[:100], chunk=50)[0] for cache in (lazy, eager)]
+        assert all(layer.joint and len(layer.heads) == 1 for layer in lazy) and not any(l.joint for l in eager)
+        assert np.max(np.abs(np.array(first[0]) - np.array(first[1]))) <= 1e-5
+        rows = [replayed_logits(model, cache, tokens[100:], None, chunk=50) for cache in (lazy, eager)]
+    finally:
+        uninstall(model)
+    assert not any(layer.joint for layer in lazy) and heaps(lazy)[0].evictions > 0
+    assert np.max(np.abs(rows[0] - rows[1])) <= 1e-4
+    for a, b in zip(heaps(lazy), heaps(eager)):
+        assert (a.budget, a.live, a.collect_batch, a.seed) == (b.budget, b.live, b.collect_batch, b.seed)
+        assert [sorted(r) for r in a.kept_positions()] == [sorted(r) for r in b.kept_positions()]

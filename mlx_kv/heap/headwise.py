@@ -16,7 +16,11 @@ With a `HeadPlan` (allocation="retrieval") the counts are fixed by each KV
 head's measured retrieval score instead (mlx_kv.retrieval, DuoAttention's
 split without its training): no replay, any policy. No head is given more
 than the tokens seen so far, so a short stream is not starved in the heads
-that copy while others sit on budget they cannot use.
+that copy while others sit on budget they cannot use. Until the layer has
+seen more tokens than its mean budget every head keeps all it has seen, so
+the layer stays one heap of all its heads (one attention call, as a plain
+heap: a short session pays nothing for the plan) and splits into one-head
+heaps (`HeapKVCache.split_heads`) when the first head must evict.
 
 Quantities the rest of the project reads per layer ("tokens kept per KV
 head": live, budget, tier counts, counters) are the heads' means, so a
@@ -83,8 +87,10 @@ class HeadwiseKVCache(_BaseCache):
     def __init__(self, heads: list[HeapKVCache], plan: HeadPlan | None = None, mean_budget: int | None = None) -> None:
         if not heads:
             raise ValueError("a headwise layer needs at least one KV head")
-        if plan is not None and len(plan.weights[plan.layer]) != len(heads):
-            raise ValueError(f"a head plan for {len(plan.weights[plan.layer])} KV heads given {len(heads)}")
+        kv_heads = len(plan.weights[plan.layer]) if plan is not None else len(heads)
+        if len(heads) not in (1, kv_heads):  # (with a plan, one heap of every head: see `joint`)
+            raise ValueError(f"a head plan for {kv_heads} KV heads given {len(heads)}")
+        object.__setattr__(self, "kv_heads", kv_heads)
         object.__setattr__(self, "heads", list(heads))
         object.__setattr__(self, "_fetched", None)
         object.__setattr__(self, "_notes", [])
@@ -99,15 +105,29 @@ class HeadwiseKVCache(_BaseCache):
     def _follow_plan(self, seen: int, now: bool = True) -> None:
         """Set the heads' budgets by the plan for `seen` tokens (`now`: a head
         that shrinks collects at once; else at its next call over budget)."""
+        minimum = self.sinks + self.window + 1
+        if self.joint:
+            if max(seen, minimum) <= self.mean_budget:  # every head keeps all it has seen (allocate_capped)
+                if self.heads[0].budget != self.mean_budget:
+                    self.heads[0].set_budget(self.mean_budget, now=now)
+                return
+            self._notes.extend(self.heads[0].notes)
+            stats = self.heads[0].attention_stats
+            object.__setattr__(self, "heads", self.heads[0].split_heads(self.kv_heads))
+            self.heads[0].attention_stats = stats  # (the joint heap's, every head's: read concatenated)
         planned = self._planned  # (mean, seen) last set for; seen None: no head was capped, so any more seen
         if planned is not None and planned[0] == self.mean_budget and planned[1] in (seen, None):
             return
-        minimum = self.sinks + self.window + 1
         budgets, capped = self.plan.budgets(self.mean_budget, seen, minimum)
         for head, budget in zip(self.heads, budgets):
             if head.budget != budget:
                 head.set_budget(budget, now=now)
         object.__setattr__(self, "_planned", (self.mean_budget, seen if capped else None))
+
+    @property
+    def joint(self) -> bool:
+        """Whether one heap holds every KV head of the layer (a plan's layer before any head evicts)."""
+        return len(self.heads) < self.kv_heads
 
     def __getattr__(self, name: str) -> Any:  # settings every head shares, read from the first
         if name in _SHARED:
@@ -123,8 +143,8 @@ class HeadwiseKVCache(_BaseCache):
 
     # ----------------------------------------------------------- cache protocol
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        if keys.shape[1] != len(self.heads):
-            raise ValueError(f"a headwise layer of {len(self.heads)} KV heads got keys for {keys.shape[1]}")
+        if keys.shape[1] != self.kv_heads:
+            raise ValueError(f"a headwise layer of {self.kv_heads} KV heads got keys for {keys.shape[1]}")
         # mlx-lm rotated these at the layer's offset, its first head's (positions="cache": its count
         # kept); heads that keep other counts owe their keys the difference (mlx_kv.positions)
         rotated = self.offset
@@ -133,15 +153,20 @@ class HeadwiseKVCache(_BaseCache):
             # be a question's); a decode step's small moves wait for the
             # heads' own batched collections.
             self._follow_plan(self.tokens_seen + keys.shape[2], now=keys.shape[2] > 1)
-        self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1], rotated_at=rotated)
-                         for i, head in enumerate(self.heads)]
+        if self.joint:
+            self._fetched = [self.heads[0].update_and_fetch(keys, values, rotated_at=rotated)]
+        else:
+            self._fetched = [head.update_and_fetch(keys[:, i:i + 1], values[:, i:i + 1], rotated_at=rotated)
+                             for i, head in enumerate(self.heads)]
         return keys, values  # (attend reads each head's own fetch)
 
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None) -> mx.array:
+        fetched, self._fetched = self._fetched, None
+        if self.joint:
+            return self.heads[0].attend(queries, *fetched[0], scale=scale, mask=mask)
         group = queries.shape[1] // len(self.heads)  # mlx-lm's GQA: query head q reads KV head q // group
         outs = [head.attend(queries[:, i * group:(i + 1) * group], k, v, scale=scale, mask=mask)
-                for i, (head, (k, v)) in enumerate(zip(self.heads, self._fetched))]
-        self._fetched = None
+                for i, (head, (k, v)) in enumerate(zip(self.heads, fetched))]
         return mx.concatenate(outs, axis=1)
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
@@ -262,6 +287,9 @@ class HeadwiseKVCache(_BaseCache):
             head.set_token_info(start, surprisal, entropy)
 
     def hide(self, visible: np.ndarray) -> None:
+        if self.joint:
+            self.heads[0].hide(visible[:, : self.heads[0].end])
+            return
         for head, row in zip(self.heads, visible):
             head.hide(row[None, : head.end])
 

@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
@@ -381,6 +381,26 @@ class HeapKVCache(_BaseCache):
             **self._settings(), "policy": self.policy.name, "policy_args": asdict(self.policy),
             "offset": self.tokens_seen, "counters": {k: getattr(self, k) for k in COUNTERS},
         })
+
+    def split_heads(self, n_heads: int) -> list["HeapKVCache"]:
+        """One one-head heap per KV head, each holding this heap's slots of its
+        head under the same settings (seeds seed, seed + 1, ...): a head plan's
+        layer is one heap until its heads must keep different counts
+        (mlx_kv.heap.headwise), then becomes these."""
+        saved = self.slots.saved(self.end) if self.slots.allocated else None
+        meta = self._meta_json()
+        heads = []
+        for h in range(n_heads):
+            head = HeapKVCache(policy=replace(self.policy), **{**self._settings(), "seed": self.seed + h})
+            if saved is not None:
+                head.state = {**self.slots.head_of(saved, h), "meta": meta}
+            head.rope, head.diagnostics_every, head.calls = self.rope, self.diagnostics_every, self.calls
+            head._replay_expected, head._info_fed = self._replay_expected, self._info_fed
+            head._hidden = None if self._hidden is None else [self._hidden[h]]
+            heads.append(head)
+        if self.store is not None:  # (a heap that never evicted spilled nothing)
+            self.store.close()
+        return heads
 
     def is_trimmable(self) -> bool:
         return True

@@ -71,9 +71,11 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
     n_heads = kv_geometry(model).n_kv_heads
     if recovery:
         recovery["max_bytes"] = max(1, recovery["max_bytes"] // n_heads)
-    weights = head_weights(config, len(budgets), n_heads) if config.allocation == "retrieval" else None
-    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads + head) for head in range(n_heads)],
-                            HeadPlan(weights, layer) if weights else None)
+    if config.allocation == "retrieval":  # one heap per layer until a head must evict (HeadwiseKVCache.joint)
+        weights = head_weights(config, len(budgets), n_heads)
+        return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads)], HeadPlan(weights, layer))
+                for layer, budget in enumerate(budgets)]
+    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads + head) for head in range(n_heads)])
             for layer, budget in enumerate(budgets)]
 
 

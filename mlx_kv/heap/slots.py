@@ -265,6 +265,11 @@ class SlotTable:
             out[f.name] = a if f.device else mx.array(a.astype(np.uint8) if a.dtype == np.bool_ else a)
         return out
 
+    def head_of(self, saved: dict[str, mx.array], head: int) -> dict[str, mx.array]:
+        """KV head `head`'s part of what `saved` wrote, as a one-head table writes it."""
+        return {name: a[(slice(None),) * (self._by_name[name].axis - 1) + (slice(head, head + 1),)]
+                for name, a in saved.items()}
+
     @classmethod
     def from_saved(cls, arrays: dict[str, mx.array], cold: ColdTier | None = None,
                    fields: tuple[Field, ...] | None = None) -> "SlotTable":
