@@ -149,27 +149,35 @@ def packed_cold_attention(
     return Attended(out, weights, mx.full((H, L), float(G * S)), last_row)
 
 
-def replay_weights(queries: mx.array, keys: mx.array, scale: float, domain_bias: mx.array, *,
-                   first_query_slot: int, block: int = 256) -> mx.array:
-    """For each key (1, H, L, D), the most weight any of the queries (1, Hq, S, D)
-    of its GQA group pays it, the softmax taken over the keys `domain_bias`
-    (H, L; 0 or -inf) leaves in, the queries causal among themselves from slot
-    `first_query_slot` on: KVzip's score of a replay (H, L)."""
+def replay_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, dead_bias: mx.array | None,
+                     domain_bias: mx.array, *, first_query_slot: int, block: int = 256) -> tuple[mx.array, mx.array]:
+    """A replay's output (over every live key, as masked_attention's) and
+    its KVzip score (replay_weights': over `domain_bias`'s keys) from one
+    softmax: on a CPU the exponentials are most of attention's cost, and
+    the score's softmax over a subset of the keys is the same exponentials
+    renormalised. Keys hidden by `dead_bias` but in the domain score 0."""
     B, n_q, S, D = queries.shape
     H, L = keys.shape[1], keys.shape[2]
     G = n_q // H
     q = (queries * scale).reshape(B, H, G, S, D)
     k_t = keys.swapaxes(-1, -2)
     cols = mx.arange(L)
-    best = None
+    live = dead_bias[None, :, None, :] if dead_bias is not None else 0.0
+    domain = (domain_bias == 0).astype(mx.float32)[None, :, None, :]
+    outs, best = [], None
     for r0 in range(0, S, block):
         r1 = min(S, r0 + block)
         s = (q[:, :, :, r0:r1, :].reshape(B, H, G * (r1 - r0), D) @ k_t).astype(mx.float32)
         visible = mx.tile(cols[None, :] <= first_query_slot + mx.arange(r0, r1)[:, None], (G, 1))
-        s = mx.where(visible, s + domain_bias[None, :, None, :], -mx.inf)
-        w = mx.softmax(s, axis=-1, precise=True).max(axis=2)[0]
+        s = mx.where(visible, s + live, -mx.inf)
+        e = mx.exp(s - s.max(axis=-1, keepdims=True))
+        out = (e.astype(values.dtype) @ values) / e.sum(axis=-1, keepdims=True).astype(values.dtype)
+        outs.append(out.reshape(B, H, G, r1 - r0, -1))
+        d = e * domain
+        w = (d / mx.maximum(d.sum(axis=-1, keepdims=True), 1e-30)).max(axis=2)[0]
         best = w if best is None else mx.maximum(best, w)
-    return best
+    out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=3)
+    return out.reshape(B, n_q, S, -1).astype(queries.dtype), best
 
 
 def masked_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,

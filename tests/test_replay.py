@@ -1,5 +1,6 @@
 """Replaying chunks for KVzip-style scores leaves the heap as it was, plus the scores."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache
@@ -132,3 +133,32 @@ def test_replay_composes_with_the_cold_tier_recovery_and_cache_positions(setting
         assert all(layer.cold_tokens > 0 for layer in heap)
     if settings.get("recovery"):
         assert all(layer.store.page_count > 0 for layer in heap)
+
+
+def test_one_softmax_gives_a_replays_output_and_its_score_over_the_domain():
+    """The replay's score is, per key, the most weight a query of its GQA group
+    pays it with the softmax over the domain only (KVzip); its output attends
+    every live key. Both come from one set of exponentials (replay_attention)."""
+    from mlx_kv.attention import masked_attention, replay_attention
+
+    rng = np.random.default_rng(5)
+    H, G, S, L, D = 2, 3, 40, 100, 8
+    q, k, v = (rng.normal(size=shape).astype(np.float32) for shape in ((1, H * G, S, D), (1, H, L, D), (1, H, L, D)))
+    dead = np.zeros((H, L), np.float32)
+    dead[:, 20:30] = -np.inf
+    domain = np.full((H, L), -np.inf, np.float32)
+    domain[:, :4] = 0.0
+    domain[:, 40:] = 0.0
+    first = L - S
+    out, score = replay_attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mx.array(dead), mx.array(domain),
+                                  first_query_slot=first, block=16)
+    logits = np.einsum("hgsd,hld->hgsl", 0.3 * q[0].reshape(H, G, S, D), k[0])
+    causal = np.arange(L)[None, :] <= first + np.arange(S)[:, None]
+    want = np.zeros((H, L))
+    for h in range(H):
+        x = np.where(causal & (domain[h] == 0), logits[h], -np.inf)
+        w = np.exp(x - x.max(-1, keepdims=True))
+        want[h] = (w / w.sum(-1, keepdims=True)).max(axis=(0, 1))
+    assert np.max(np.abs(np.array(score) - want)) <= 1e-6
+    fused = masked_attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mx.array(dead))
+    assert np.max(np.abs(np.array(out) - np.array(fused))) <= 1e-5

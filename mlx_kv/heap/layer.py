@@ -34,7 +34,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import _BaseCache
 
 from mlx_kv.attention import (attention_summary, grouped_attention, last_query_weights, masked_attention,
-                              packed_cold_attention, query_block, replay_weights)
+                              packed_cold_attention, query_block, replay_attention)
 from mlx_kv.heap.cold import ColdTier, group_size_for
 from mlx_kv.heap.collector import collect, compaction_order, noisy, protected_mask, tier_counts
 from mlx_kv.heap.recovery import RecoveryStore, lost_note
@@ -289,10 +289,10 @@ class HeapKVCache(_BaseCache):
         pos = self.slots.positions[:, : self.end]
         domain = (pos >= 0) & ((pos < self.sinks) | ((pos >= start) & (pos < stop)) | (pos >= replay_start))
         bias = mx.array(np.where(domain, 0.0, -np.inf).astype(np.float32))
-        weights = replay_weights(queries, keys, scale, bias, first_query_slot=first,
-                                 block=query_block(self.score_block, queries.shape[1], self.end))
+        out, weights = replay_attention(queries, keys, values, scale, dead_bias, bias, first_query_slot=first,
+                                        block=query_block(self.score_block, queries.shape[1], self.end))
         self.slots.fold(self.end, lambda folded, w, _: self.policy.fold_replay(folded, w), weights, None)
-        return masked_attention(queries, keys, values, scale, dead_bias)
+        return out
 
     def hide(self, visible: np.ndarray) -> None:
         """Mask, per KV head, the live slots [0, end) where `visible` (H, end)
