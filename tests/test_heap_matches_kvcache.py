@@ -24,7 +24,7 @@ def run(model, cache, tokens, chunk=64, decode=20):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
-@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming"])
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "keydiff"])
 def test_heap_logits_equal_kvcache_when_nothing_is_evicted(model_type, policy):
     model = build_model(model_type)
     tokens = np.random.default_rng(1).integers(0, 101, size=300).tolist()
@@ -49,3 +49,17 @@ def test_uninstall_restores_the_original_attention():
     assert llama_module.scaled_dot_product_attention is not original
     uninstall(model)
     assert llama_module.scaled_dot_product_attention is original
+
+
+def test_a_cpu_decode_step_attends_as_the_fused_kernel_with_dead_slots_masked():
+    # On the CPU a blind policy's decode step takes matmul-softmax-matmul (faster there than the fused kernel)
+    from mlx_kv.attention import masked_attention
+
+    rng = np.random.default_rng(2)
+    q, k, v = (mx.array(rng.normal(size=s).astype(np.float32)) for s in ((1, 6, 1, 16), (1, 2, 50, 16), (1, 2, 50, 16)))
+    dead = np.zeros((2, 50), np.float32)
+    dead[0, 10:20] = dead[1, 30:45] = -np.inf
+    for bias in (None, mx.array(dead)):
+        mask = None if bias is None else mx.repeat(bias, 3, axis=0)[None, :, None, :]
+        fused = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+        assert np.max(np.abs(np.array(masked_attention(q, k, v, 0.25, bias)) - np.array(fused))) <= 1e-5
