@@ -163,7 +163,7 @@ def test_slots_from_the_end_on_hold_their_fills_so_a_new_token_writes_only_what_
 def test_a_one_slot_collection_lets_the_next_token_take_the_slot_instead_of_compacting():
     """A head with one slot of room (a head plan's floor) collects at every
     decode step; copying its arrays each time made decoding 30% slower."""
-    layer = _fed_heap()  # budget 24, collect_batch 1
+    layer = _fed_heap(collect_batch=1)  # budget 24
     assert layer.collections > 30 and layer.compactions <= 1
     assert layer.live == 24 and layer.end <= layer.slots.capacity <= 24
     assert sorted(np.concatenate(layer.kept_positions()).tolist()) == sorted(
