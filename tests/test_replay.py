@@ -162,3 +162,24 @@ def test_one_softmax_gives_a_replays_output_and_its_score_over_the_domain():
     assert np.max(np.abs(np.array(score) - want)) <= 1e-6
     fused = masked_attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mx.array(dead))
     assert np.max(np.abs(np.array(out) - np.array(fused))) <= 1e-5
+
+
+def test_a_collection_left_pending_keeps_where_mlx_lm_rotated_the_next_tokens():
+    # positions="cache": mlx-lm rotated the next token at the offset it read; a chunk's collection that
+    # waited for a replay (which never came) runs first and shrinks the offset, not that rotation
+    import mlx.core as mx
+
+    model = build_model("llama")
+    heap = make_heap_cache(model, HeapConfig(budget=60, window=8, policy="kvzip", positions="cache"))
+    for layer in heap:
+        layer.expect_replay()
+    try:
+        mx.eval(model(mx.array(np.arange(100)[None] % 101), cache=heap))
+        rotated = heap[0].offset
+        assert heap[0].live > heap[0].budget  # the collection waits
+        mx.eval(model(mx.array([[5]]), cache=heap))
+    finally:
+        uninstall(model)
+    layer = heap[0]
+    newest = np.argmax(layer.slots.positions[0, : layer.end])
+    assert layer.live <= layer.budget and layer.slots.rot[0, newest] == rotated

@@ -148,11 +148,11 @@ class HeapKVCache(_BaseCache):
             raise ValueError("the heap supports batch size 1 only")
         n_new = keys.shape[2]
         self._reused = None
+        # where mlx-lm rotated these: the offset it read, before any collection below shrinks it
         self._query_base = self.offset if rotated_at is None else rotated_at
         if self._collect_pending and self._replay is None:
             self._collect_pending = False
             self._collect()
-            self._query_base = self.offset if rotated_at is None else rotated_at
         if not self.slots.allocated:
             self._allocate(keys, values, n_new)
         if n_new == 1 and not self._free and self._live + 1 > self.budget:
