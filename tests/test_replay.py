@@ -183,3 +183,23 @@ def test_a_collection_left_pending_keeps_where_mlx_lm_rotated_the_next_tokens():
     layer = heap[0]
     newest = np.argmax(layer.slots.positions[0, : layer.end])
     assert layer.live <= layer.budget and layer.slots.rot[0, newest] == rotated
+
+
+def test_a_replay_scoped_to_its_chunk_reads_only_the_sinks_the_chunk_and_itself():
+    model = build_model("llama")
+    tokens = np.random.default_rng(12).integers(0, 101, size=200).tolist()
+    recon = {}
+    try:
+        for scope in ("heap", "chunk"):
+            heap = make_heap_cache(model, HeapConfig(budget=400, window=8, policy="kvzip", policy_args={"scope": scope}))
+            prefill(model, heap, tokens, chunk=100, replay=REPLAY)
+            recon[scope] = np.stack([np.array(layer.slots.recon[:, :200]) for layer in heap])
+    finally:
+        uninstall(model)
+    heap_scope, chunk_scope = recon["heap"], recon["chunk"]
+    # the first chunk's replay: the heap held only its domain, so both read the same keys in every layer
+    assert np.max(np.abs(heap_scope[:, :, 4:100] - chunk_scope[:, :, 4:100])) <= 1e-5
+    # the second's: the lowest layer scores the same (its softmax is over the domain either way), the
+    # layers above differ, because their inputs attended the first chunk too, or not
+    assert np.max(np.abs(heap_scope[0, :, 100:] - chunk_scope[0, :, 100:])) <= 1e-5
+    assert np.max(np.abs(heap_scope[1:, :, 100:] - chunk_scope[1:, :, 100:])) > 1e-3

@@ -288,9 +288,20 @@ class HeapKVCache(_BaseCache):
         start, stop, replay_start = self._replay
         pos = self.slots.positions[:, : self.end]
         domain = (pos >= 0) & ((pos < self.sinks) | ((pos >= start) & (pos < stop)) | (pos >= replay_start))
-        bias = mx.array(np.where(domain, 0.0, -np.inf).astype(np.float32))
-        out, weights = replay_attention(queries, keys, values, scale, dead_bias, bias, first_query_slot=first,
-                                        block=query_block(self.score_block, queries.shape[1], self.end))
+        counts = domain.sum(axis=1)
+        if getattr(self.policy, "scope", "heap") == "chunk" and counts.min() == counts.max():
+            # The replay reads its domain only (every head holds all of it: the chunk waits for its
+            # replay before collecting): those slots gathered, the replay's own last, as they are stored.
+            m, n_new = int(counts[0]), queries.shape[2]
+            index = mx.array(np.argsort(~domain, axis=1, kind="stable")[:, :m].astype(np.int32))
+            gathered = [mx.take_along_axis(a, index[None, :, :, None], axis=2) for a in (keys, values)]
+            out, scores = replay_attention(queries, *gathered, scale, None, mx.zeros(index.shape), first_query_slot=m - n_new,
+                                           block=query_block(self.score_block, queries.shape[1], m))
+            weights = mx.put_along_axis(mx.zeros(domain.shape, scores.dtype), index, scores, axis=1)
+        else:
+            bias = mx.array(np.where(domain, 0.0, -np.inf).astype(np.float32))
+            out, weights = replay_attention(queries, keys, values, scale, dead_bias, bias, first_query_slot=first,
+                                            block=query_block(self.score_block, queries.shape[1], self.end))
         self.slots.fold(self.end, lambda folded, w, _: self.policy.fold_replay(folded, w), weights, None)
         return out
 

@@ -11,6 +11,11 @@ stream of any length can be scored chunk by chunk. A token keeps the score
 its own chunk's replay gave it; `decay` < 1 lets older scores fade by that
 factor at every later replay.
 
+`scope="chunk"` lets a replaying query read only the sinks, its own chunk
+and the replay itself (the keys its score is taken over anyway) instead of
+the whole heap: the replay's attention then costs the same at any budget
+and length, where reading the heap costs more the more it keeps.
+
 `layers` > 0 replays through the lowest `layers` layers only (a fraction of
 the replay's cost) and gives every higher layer, in all its heads, the most
 any replayed layer's head paid each token: a token-level score where the
@@ -35,6 +40,7 @@ class KVzip(Policy):
     replays: ClassVar[bool] = True
     decay: float = 1.0
     layers: int = 0  # replay through this many lowest layers; 0: all of them
+    scope: str = "heap"  # what a replaying query reads: the whole heap, or "chunk": the sinks, its chunk, itself
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.decay) <= 1.0:
@@ -43,6 +49,8 @@ class KVzip(Policy):
             self.layers = int(self.layers)  # (bench variants read numbers as floats)
         if not isinstance(self.layers, int) or self.layers < 0:
             raise ValueError(f"policy_args.layers: must be a whole number >= 0, got {self.layers}")
+        if self.scope not in ("heap", "chunk"):
+            raise ValueError(f"policy_args.scope: must be 'heap' or 'chunk', got {self.scope!r}")
 
     @property
     def reads(self) -> tuple[str, ...]:
