@@ -30,7 +30,8 @@ class HeapConfig:
     major_every: every Nth collection also re-ranks the tenured tier (a major
         collection); the others rank only the intermediate tier.
     collect_batch: extra tokens freed per collection so that decoding collects
-        once per batch instead of every step; None picks budget/32 (1..64).
+        once per batch instead of every step; None picks budget/32, at least
+        budget/8 up to 16 (1..64).
     policy: name of the scoring policy; policy_args its parameters.
     compact_threshold: evicted slots are masked (and reused by decode tokens)
         until the dead fraction passes this; then the arrays are reallocated
