@@ -152,7 +152,8 @@ def packed_cold_attention(
 def replay_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, dead_bias: mx.array | None,
                      domain_bias: mx.array, *, first_query_slot: int, block: int = 256) -> tuple[mx.array, mx.array]:
     """A replay's output (over every live key, as masked_attention's) and
-    its KVzip score (replay_weights': over `domain_bias`'s keys) from one
+    its KVzip score (the most weight any query of a key's GQA group pays it,
+    the softmax taken over `domain_bias`'s keys only) from one
     softmax: on a CPU the exponentials are most of attention's cost, and
     the score's softmax over a subset of the keys is the same exponentials
     renormalised. Keys hidden by `dead_bias` but in the domain score 0."""
@@ -207,13 +208,8 @@ def masked_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
 def single_query_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
                            dead_bias: mx.array | None) -> mx.array:
     """One query per head (1, Hq, 1, D) over keys (1, H, L, D), GQA, dead slots masked by `dead_bias` (H, L)."""
-    B, n_q, _, D = queries.shape
-    H = keys.shape[1]
-    s = ((queries * scale).reshape(B, H, n_q // H, D) @ keys.swapaxes(-1, -2)).astype(mx.float32)
-    if dead_bias is not None:
-        s = s + dead_bias[None, :, None, :]
-    w = mx.softmax(s, axis=-1, precise=True).astype(values.dtype)
-    return (w @ values).reshape(B, n_q, 1, -1).astype(queries.dtype)
+    w = last_query_weights(queries, keys, scale, dead_bias).astype(values.dtype)  # (H, G, L)
+    return (w @ values[0]).reshape(queries.shape[0], queries.shape[1], 1, -1).astype(queries.dtype)
 
 
 def query_block(score_block: int, n_query_heads: int, n_keys: int) -> int:
