@@ -30,7 +30,7 @@ from mlx_kv.config import PROFILED, HeapConfig
 from mlx_kv.documents import read_document
 from mlx_kv.errors import DiskFull, UserError
 from mlx_kv.events import HeapStats, IngestProgress, IngestResult, LayerUsage, MemoryMap, Pillar, Throughput
-from mlx_kv.generate import decode, make_sampler, prefill, replay_chunk
+from mlx_kv.generate import decode, make_sampler, pay_replays, prefill, replay_when_needed
 from mlx_kv.guard import MemoryGuard
 from mlx_kv.heap.headwise import HEAP_LAYERS, HeadwiseKVCache
 from mlx_kv.heap.prompt_cache import (counters, load_heap_cache, make_heap_cache, set_budgets, set_policy,
@@ -148,7 +148,8 @@ class Session:
             self._fed_text += self.tokenizer.decode(reply)
             self._close_span(written)
             if reply and wants_replay(self.cache):  # the reply's tokens are scored like any chunk's
-                replay_chunk(self.model, self.cache, self.replay, reply, None)
+                replay_when_needed(self.model, self.cache, self.replay, self._token_ids,
+                                   len(self._token_ids) - len(reply))
 
     def _decode(self, max_tokens: int, cancel: threading.Event | None, temperature: float) -> Iterator[int]:
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
@@ -158,7 +159,8 @@ class Session:
             limit, cancelled = self._limit(), should_stop
             should_stop = lambda: self.tokens_seen >= limit or bool(cancelled and cancelled())  # noqa: E731
         steps = decode(self.model, self.cache, self._last_logits, max_tokens=max_tokens,
-                       sampler=make_sampler(temperature), stop_tokens=eos, should_stop=should_stop)
+                       sampler=make_sampler(temperature), stop_tokens=eos, should_stop=should_stop,
+                       replay=self.replay, history=self._token_ids)
         for token, logits in steps:  # fed already: a caller that stops here leaves the record exact
             self._token_ids.append(token)
             n += 1
@@ -214,7 +216,7 @@ class Session:
 
         try:
             last, _ = prefill(self.model, self.cache, tokens, chunk=PREFILL_CHUNK, previous=self._last_logits,
-                              replay=self.replay,
+                              replay=self.replay, history=self._token_ids,
                               on_chunk=after_chunk,
                               should_stop=(lambda: cancel.is_set()) if cancel is not None else None)
             if last is not None:
@@ -297,7 +299,9 @@ class Session:
         from mlx_kv.budget import tokens_per_layer
 
         try:
-            set_budgets(self.cache, tokens_per_layer(config, self.model))
+            budgets = tokens_per_layer(config, self.model)
+            self._pay_replays_before(budgets)
+            set_budgets(self.cache, budgets)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.config = config
@@ -314,10 +318,16 @@ class Session:
         model, budget 4096 -> 2048: RSS 982 MB before and after without the
         trim, 733 MB with it; scripts/memory_pressure.py)."""
         shrinking = any(new < layer.budget for new, layer in zip(budgets, self.cache))
+        self._pay_replays_before(budgets)
         set_budgets(self.cache, budgets)
         if shrinking:
             mx.clear_cache()
             release_freed_memory()
+
+    def _pay_replays_before(self, budgets: list[int]) -> None:
+        """A smaller budget collects at once: replays a prefill put off are paid first."""
+        if any(new < layer.budget for new, layer in zip(budgets, self.cache)):
+            pay_replays(self.model, self.cache, self.replay, self._token_ids)
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:

@@ -25,17 +25,18 @@ def test_rows_cover_every_configuration_with_ratios_and_bytes():
     assert by_name["heap:h2o+q4@0.25"]["kv_bytes"] < by_name["heap:h2o@0.25"]["kv_bytes"]
 
 
-def test_a_reconstruction_policy_replays_every_chunk_inside_the_timed_prefill(monkeypatch):
+def test_a_reconstruction_policy_replays_inside_the_timed_prefill_once_its_budget_binds(monkeypatch):
     import mlx_kv.generate as generate
 
     replayed = []
-    real = generate.replay_chunk
-    monkeypatch.setattr(generate, "replay_chunk", lambda *a, **k: (replayed.append(len(a[3])), real(*a, **k))[1])
+    real = generate._replay_span
+    monkeypatch.setattr(generate, "_replay_span", lambda *a, **k: (replayed.append((a[3], len(a[4]))), real(*a, **k))[1])
     model = build_model("llama", hidden_size=128, intermediate_size=256)
-    rows = bench_speed(model, contexts=[700], ratios=[0.5], policies=["kvzip"], baselines=["kvcache"],
+    rows = bench_speed(model, contexts=[700], ratios=[0.5, 1.0], policies=["kvzip"], baselines=["kvcache"],
                        decode_tokens=2, repeats=1, window=16, emit=lambda row: None)
-    assert {r["config"] for r in rows} == {"kvcache", "heap:kvzip@0.5"}
-    assert replayed == [512, 188]  # the kvzip heap's two chunks, not KVCache's
+    assert {r["config"] for r in rows} == {"kvcache", "heap:kvzip@0.5", "heap:kvzip@1"}
+    # the half budget's two chunks (positions 0.., 512..), not KVCache's; a heap evicting nothing replays nothing
+    assert replayed == [(0, 512), (512, 188)]
 
 
 def test_heap_setups_read_variants_into_the_config():

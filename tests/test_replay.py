@@ -52,6 +52,77 @@ def test_the_budget_holds_after_each_replayed_chunk_and_every_kept_token_was_sco
     assert heap[0].collections >= 3 and heap[0].tokens_seen == 400
 
 
+@pytest.mark.parametrize("policy", ["kvzip", "kvzip+scope=chunk"])
+def test_a_put_off_replay_waits_until_the_budget_binds_then_scores_every_kept_token(policy):
+    from mlx_kv.bench.variants import policy_config
+    from mlx_kv.generate import unreplayed_from
+
+    model = build_model("llama")
+    tokens = np.random.default_rng(2).integers(0, 101, size=400).tolist()
+    config = policy_config(policy, None, budget=150, window=16)
+    heap, told = make_heap_cache(model, config), make_heap_cache(model, config)
+    try:
+        first, _ = prefill(model, heap, tokens[:120], chunk=100, replay=REPLAY, history=[])
+        assert unreplayed_from(heap) == 0 and float(mx.max(heap[0].slots.recon)) == 0.0  # within budget: no replay
+        reference, _ = prefill(model, told, tokens[:120], chunk=100, replay=REPLAY)
+        assert float(mx.max(mx.abs(first - reference))) <= 1e-5  # (a replay leaves no trace either way)
+        prefill(model, heap, tokens[120:], chunk=100, replay=REPLAY, history=tokens[:120])
+        prefill(model, told, tokens[120:], chunk=100, replay=REPLAY)
+        assert unreplayed_from(heap) is None
+        for layer in heap:
+            pos = layer.slots.positions[:, : layer.end]
+            assert layer.live <= 150 and layer.evictions > 0
+            assert (np.array(layer.slots.recon[:, : layer.end])[(pos >= 4)] > 0).all()  # every kept token was scored
+        assert [layer.live for layer in heap] == [layer.live for layer in told]
+    finally:
+        uninstall(model)
+
+
+def test_decoding_pays_a_put_off_replay_before_its_first_eviction(monkeypatch):
+    import mlx_kv.generate as generate
+
+    model = build_model("llama")
+    tokens = np.random.default_rng(3).integers(0, 101, size=140).tolist()
+    heap = make_heap_cache(model, HeapConfig(budget=150, window=16, policy="kvzip"))
+    paid = []
+    real = generate.pay_replays
+    monkeypatch.setattr(generate, "pay_replays", lambda *a: (paid.append((heap[0].evictions, heap[0].tokens_seen)), real(*a))[1])
+    try:
+        logits, _ = prefill(model, heap, tokens, chunk=100, replay=REPLAY, history=[])
+        assert generate.unreplayed_from(heap) == 0 and not paid
+        for _ in generate.decode(model, heap, logits, max_tokens=20, replay=REPLAY, history=tokens):
+            pass
+        assert paid == [(0, 150)] and heap[0].evictions > 0  # paid once, as the 151st token was about to land
+        pos = heap[0].slots.positions[:, : heap[0].end]
+        scored = np.array(heap[0].slots.recon[:, : heap[0].end]) > 0
+        assert scored[(pos >= 4) & (pos < 140)].all()  # every prompt token still held was scored
+    finally:
+        uninstall(model)
+
+
+def test_an_owed_replay_survives_a_save_and_a_trim_forgets_what_it_owed(tmp_path):
+    from mlx_lm.models.cache import save_prompt_cache
+
+    from mlx_kv.generate import unreplayed_from
+    from mlx_kv.heap.prompt_cache import load_heap_cache
+
+    model = build_model("llama")
+    heap = make_heap_cache(model, HeapConfig(budget=150, window=16, policy="kvzip", allocation="headwise"))
+    try:
+        prefill(model, heap, list(range(1, 61)), chunk=100, replay=REPLAY, history=[])
+        prefill(model, heap, list(range(1, 41)), chunk=100, replay=REPLAY, history=list(range(1, 61)))
+        assert unreplayed_from(heap) == 0
+        save_prompt_cache(str(tmp_path / "owed.safetensors"), heap)
+        assert unreplayed_from(load_heap_cache(str(tmp_path / "owed.safetensors"))) == 0
+        with pytest.raises(ValueError, match="owes replays"):  # a driver that cannot pay must not feed more
+            prefill(model, heap, [1, 2, 3], replay=REPLAY)
+        for layer in heap:
+            layer.trim(100)
+        assert unreplayed_from(heap) is None and heap[0].tokens_seen == 0
+    finally:
+        uninstall(model)
+
+
 def test_without_a_replay_the_policy_still_collects():
     """A driver that never replays gets collections on what there is (zeros: the oldest go)."""
     model = build_model("llama")
@@ -95,7 +166,7 @@ def test_replaying_lower_layers_only_gives_the_higher_ones_token_scores():
         assert (recon == lower.max(axis=(0, 1))).all()  # the same token score in every head
 
 
-def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies(tiny_model_dir):
+def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies_once_the_budget_needs_them(tiny_model_dir):
     from mlx_kv.engine import Session
 
     session = Session.load(str(tiny_model_dir), budget=96, policy="kvzip", window=16)
@@ -105,10 +176,32 @@ def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies(tiny_model
     assert sum(layer.live for layer in session.cache) <= 96 * len(session.cache)
     assert session.cache[0].tokens_seen > 400
     assert reply.strip(), "the test model gave an empty reply; nothing was replayed"
+    first, last = session.spans[-1]["start"], session.spans[-1]["stop"]
+    # the heap is within its budget after the reply: its replay is owed, not paid
+    assert session.cache[0].unreplayed_from == first
+    "".join(session.chat("w4 w5", max_tokens=2))  # the next message makes the heap evict: the reply is replayed first
+    held = 0
     for head in session.cache[0].heads:
-        recon = np.array(head.slots.recon[:, : head.end])
-        newest = head.slots.positions[:, : head.end] >= head.tokens_seen - 3  # the reply's last tokens
-        assert (recon[newest] > 0).all()
+        pos = head.slots.positions[:, : head.end]
+        replied = (pos >= first) & (pos < last)
+        held += int(replied.sum())
+        assert (np.array(head.slots.recon[:, : head.end])[replied] > 0).all()
+    assert held, "none of the reply's tokens is still held: the test checks nothing"
+
+
+def test_a_session_pays_its_owed_replays_before_a_smaller_budget_evicts(tiny_model_dir):
+    from mlx_kv.engine import Session
+
+    session = Session.load(str(tiny_model_dir), budget=200, policy="kvzip", window=16)
+    session.ingest(" ".join(f"w{i % 90}" for i in range(120)))
+    assert session.cache[0].unreplayed_from == 0  # a document within the budget: no replay yet
+    session.set_budget(60)
+    assert session.cache[0].unreplayed_from is None
+    assert sum(head.live for head in session.cache[0].heads) <= 60 * len(session.cache[0].heads)
+    for head in session.cache[0].heads:
+        pos = head.slots.positions[:, : head.end]
+        assert head.evictions > 0
+        assert (np.array(head.slots.recon[:, : head.end])[pos >= 4] > 0).all()
 
 
 @pytest.mark.parametrize("settings", [

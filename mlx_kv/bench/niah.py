@@ -139,8 +139,9 @@ class Runner:
                                                          window=window))
 
     def prefill(self, cache: list, tokens: list[int], previous: mx.array | None = None,
-                chunk: int = CHUNK) -> mx.array:
-        return prefill(self.model, cache, tokens, chunk=chunk, previous=previous, replay=self.replay)[0]
+                chunk: int = CHUNK, history: list[int] | None = None) -> mx.array:
+        return prefill(self.model, cache, tokens, chunk=chunk, previous=previous, replay=self.replay,
+                       history=history)[0]
 
     def answer(self, cache: list, logits: mx.array, limit: int, enough: Callable[[str], bool] | None = None) -> str:
         """The greedy reply, up to `limit` tokens, EOS, or until `enough(text)`
@@ -163,9 +164,12 @@ class Runner:
             logits = self.prefill(cache, p.aware, chunk=len(p.aware))
         else:
             cache = self.make_cache(policy, keep)
-            logits = self.prefill(cache, p.doc, chunk=CHUNK if setting == "stream" else len(p.doc))
+            # streamed as a session reads: a replay put off until the budget binds
+            history = [] if setting == "stream" else None
+            logits = self.prefill(cache, p.doc, chunk=CHUNK if setting == "stream" else len(p.doc), history=history)
             _widen(cache, len(p.question))  # only the document is compressed
-            logits = self.prefill(cache, p.question, previous=logits, chunk=len(p.question))
+            logits = self.prefill(cache, p.question, previous=logits, chunk=len(p.question),
+                                  history=None if history is None else p.doc)
         return self._finish(sample, p, cache, logits)
 
     def compress_trials(self, sample, policy: str, ratios: list[float], prompt: Prompt | None = None

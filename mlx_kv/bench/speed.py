@@ -17,8 +17,8 @@ import numpy as np
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
 from mlx_kv.bench.variants import policy_config
-from mlx_kv.generate import prefill
-from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes
+from mlx_kv.generate import prefill, settle_replays
+from mlx_kv.heap.prompt_cache import make_heap_cache, total_bytes, wants_replay
 from mlx_kv.hook import heap_hook
 from mlx_kv.replay import Replay
 
@@ -99,12 +99,15 @@ def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int,
              replay: Replay | None = None) -> dict[str, float]:
     """Prefill through the one loop every cache shares (generate.prefill: the
     same chunks, the vocabulary projection of the last position only, and the
-    replay of each chunk for a policy that scores by reconstruction), then
-    greedy decoding."""
+    replay of each chunk for a policy that scores by reconstruction, put off
+    as a session puts it off until the budget binds), then greedy decoding."""
     mx.synchronize()
     mx.reset_peak_memory()
     start = time.perf_counter()
-    last, _ = prefill(model, cache, prompt.tolist(), chunk=PREFILL_CHUNK, replay=replay)
+    tokens = prompt.tolist()
+    last, _ = prefill(model, cache, tokens, chunk=PREFILL_CHUNK, replay=replay, history=[])
+    if replay is not None and wants_replay(cache):
+        settle_replays(model, cache, replay, tokens, room=decode_tokens)  # (what decoding would evict)
     prefill_s = time.perf_counter() - start
     y = mx.argmax(last)
     mx.eval(y)

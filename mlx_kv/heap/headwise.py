@@ -44,7 +44,7 @@ from mlx_kv.policies import Policy
 
 # what the rest of the project reads or sets on a layer, and every head holds alike
 _SHARED = ("tokens_seen", "offset", "sinks", "window", "policy", "adaptive", "position_mode", "rope",
-           "collect_batch", "diagnostics_every")
+           "collect_batch", "diagnostics_every", "unreplayed_from")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,9 @@ class HeapKVCache(_BaseCache):
         self._info_fed = False
         self._replay: tuple[int, int, int] | None = None  # while a replay runs: its span's positions, tokens before it
         self._replay_expected = False  # a driver replays this heap's chunks (see expect_replay)
+        # The first position of the tokens fed whose replay the driver put off
+        # (nothing has needed their scores yet: generate.replay_when_needed); None: none owed.
+        self.unreplayed_from: int | None = None
         self.calls = 0
         self._hidden: list[np.ndarray] | None = None  # per head, original positions kept stored but masked (hide)
         self.attention_stats: dict[str, mx.array] = {}  # sampled: entropy, top-1%/5% shares
@@ -268,17 +271,25 @@ class HeapKVCache(_BaseCache):
 
     def replay_scores(self, start: int, stop: int) -> mx.array:
         """(stop - start,) the most attention any head's replay paid each of the
-        tokens at positions [start, stop) (they were just appended: the last slots)."""
-        n = stop - start
-        return self.slots.recon[:, self.end - n: self.end].max(axis=0)
+        tokens at positions [start, stop) (all still held: their collection waited for the replay)."""
+        index = self._span_slots(start, stop)
+        return mx.take_along_axis(self.slots.recon[:, : self.end], index, axis=1).max(axis=0)
 
     def inherit_replay_scores(self, start: int, stop: int, scores: mx.array) -> None:
         """A layer the replay did not reach takes token-level scores for the
-        tokens at positions [start, stop), the last slots, in every head."""
-        n = stop - start
-        folded = {"recon": self.slots.recon[:, self.end - n: self.end]}
-        recon = self.policy.fold_replay(folded, mx.broadcast_to(scores[None], folded["recon"].shape))["recon"]
-        self.slots.recon[:, self.end - n: self.end] = recon
+        tokens at positions [start, stop), in every head."""
+        index = self._span_slots(start, stop)
+        recon = self.slots.recon[:, : self.end]
+        folded = {"recon": mx.take_along_axis(recon, index, axis=1)}
+        new = self.policy.fold_replay(folded, mx.broadcast_to(scores[None], index.shape))["recon"]
+        self.slots.recon[:, : self.end] = mx.put_along_axis(recon, index, new, axis=1)
+
+    def _span_slots(self, start: int, stop: int) -> mx.array:
+        """(H, stop - start) the slots holding positions [start, stop), in position
+        order (a decode token may have taken a dead slot anywhere)."""
+        pos = self.slots.positions[:, : self.end]
+        key = np.where((pos >= start) & (pos < stop), pos, np.iinfo(pos.dtype).max)
+        return mx.array(np.argsort(key, axis=1, kind="stable")[:, : stop - start].astype(np.int32))
 
     def _attend_replay(self, queries, keys, values, scale, dead_bias, first) -> mx.array:
         """A replay's attention: the output as usual, and for every slot the most
@@ -354,6 +365,7 @@ class HeapKVCache(_BaseCache):
         self.slots = SlotTable.from_saved(saved, cold=self.slots.cold)
         self.end = self.slots.capacity
         self.tokens_seen = meta["offset"]
+        self.unreplayed_from = meta.get("unreplayed_from")
         self._sync_from_positions()
         if self.recovery:  # spilled pages are scratch space: a restored heap starts a fresh store
             self.store = self._new_store()
@@ -372,6 +384,7 @@ class HeapKVCache(_BaseCache):
         settings = json.loads(_saved_dict(state)["meta"])
         policy = POLICIES[settings.pop("policy")](**settings.pop("policy_args"))
         del settings["offset"], settings["counters"]  # the state's, not the heap's
+        settings.pop("unreplayed_from", None)
         heap = cls(policy=policy, **settings)
         heap.state = state
         return heap
@@ -391,6 +404,7 @@ class HeapKVCache(_BaseCache):
         return json.dumps({
             **self._settings(), "policy": self.policy.name, "policy_args": asdict(self.policy),
             "offset": self.tokens_seen, "counters": {k: getattr(self, k) for k in COUNTERS},
+            "unreplayed_from": self.unreplayed_from,
         })
 
     def split_heads(self, n_heads: int) -> list["HeapKVCache"]:
@@ -422,6 +436,8 @@ class HeapKVCache(_BaseCache):
         if n <= 0 or not self.slots.allocated:
             return 0
         self.tokens_seen -= n
+        if self.unreplayed_from is not None and self.unreplayed_from >= self.tokens_seen:
+            self.unreplayed_from = None  # (what was owed is gone)
         gone = self.slots.positions[:, : self.end] >= self.tokens_seen
         self.slots.positions[:, : self.end][gone] = -1
         self.slots.tenured[:, : self.end][gone] = False
@@ -510,6 +526,8 @@ class HeapKVCache(_BaseCache):
     def set_policy(self, policy: Policy) -> None:
         """Switch policy; accumulated scores start again from zero."""
         self.policy = policy
+        if not policy.replays:
+            self.unreplayed_from = None  # (nothing will read the replay scores it owed)
         if self.slots.allocated:
             self.slots.reset_accumulators()
 

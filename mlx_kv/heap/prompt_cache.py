@@ -139,9 +139,10 @@ def rebalance(cache: list[HeapKVCache], keep: int | None = None) -> None:
         unit.set_budget(budget)
 
 
-def over_budget(cache: list) -> bool:
-    """Whether a heap of the list holds more than its budget (a chunk just landed)."""
-    return any(unit.live > unit.budget for unit in heaps(cache))
+def over_budget(cache: list, room: int = 0) -> bool:
+    """Whether a heap of the list holds more than its budget (a chunk just
+    landed), or would after `room` more tokens."""
+    return any(unit.live + room > unit.budget for unit in heaps(cache))
 
 
 def hide_globally(cache: list[HeapKVCache], keep: int) -> int:
