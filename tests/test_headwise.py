@@ -22,9 +22,33 @@ def test_a_headwise_heap_that_evicts_nothing_gives_kvcache_logits(positions):
         got = replayed_logits(model, heap, tokens, REPLAY)
     finally:
         uninstall(model)
-    assert all(isinstance(layer, HeadwiseKVCache) and len(layer.heads) == 2 for layer in heap)
+    # evicting nothing, each layer stayed one heap of its two KV heads (one attention call, as a plain heap)
+    assert all(isinstance(layer, HeadwiseKVCache) and layer.joint and layer.kv_heads == 2 for layer in heap)
     assert np.max(np.abs(got - reference)) <= 1e-4
     assert all(head.live == 320 and head.evictions == 0 for head in heaps(heap))
+
+
+@pytest.mark.parametrize("positions", ["absolute", "cache"])
+def test_a_headwise_layer_is_one_heap_until_its_first_eviction_then_continues_as_its_split_heads(positions):
+    model = build_model("llama")
+    config = HeapConfig(budget=120, window=8, policy="kvzip", positions=positions, allocation="headwise")
+    lazy, eager = make_heap_cache(model, config), make_heap_cache(model, config)
+    eager = [HeadwiseKVCache(layer.heads[0].split_heads(layer.kv_heads)) for layer in eager]
+    tokens = np.random.default_rng(12).integers(0, 101, size=320).tolist()
+    try:
+        first = [prefill(model, cache, tokens[:100], chunk=50, replay=REPLAY, history=[])[0] for cache in (lazy, eager)]
+        assert all(layer.joint for layer in lazy) and not any(layer.joint for layer in eager)
+        assert np.max(np.abs(np.array(first[0]) - np.array(first[1]))) <= 1e-5
+        for cache in (lazy, eager):
+            prefill(model, cache, tokens[100:300], chunk=50, replay=REPLAY, history=tokens[:100])
+        rows = [replayed_logits(model, cache, tokens[300:], None, chunk=50) for cache in (lazy, eager)]
+    finally:
+        uninstall(model)
+    assert not any(layer.joint for layer in lazy) and heaps(lazy)[0].evictions > 0
+    assert np.max(np.abs(rows[0] - rows[1])) <= 1e-4
+    for a, b in zip(heaps(lazy), heaps(eager)):
+        assert (a.budget, a.live, a.collect_batch, a.seed) == (b.budget, b.live, b.collect_batch, b.seed)
+        assert [sorted(r) for r in a.kept_positions()] == [sorted(r) for r in b.kept_positions()]
 
 
 def test_heads_of_one_layer_end_with_different_counts_and_the_bytes_follow_them():

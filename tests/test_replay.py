@@ -113,7 +113,9 @@ def test_an_owed_replay_survives_a_save_and_a_trim_forgets_what_it_owed(tmp_path
         prefill(model, heap, list(range(1, 41)), chunk=100, replay=REPLAY, history=list(range(1, 61)))
         assert unreplayed_from(heap) == 0
         save_prompt_cache(str(tmp_path / "owed.safetensors"), heap)
-        assert unreplayed_from(load_heap_cache(str(tmp_path / "owed.safetensors"))) == 0
+        loaded = load_heap_cache(str(tmp_path / "owed.safetensors"))
+        assert unreplayed_from(loaded) == 0
+        assert all(layer.joint and layer.kv_heads == 2 for layer in loaded)  # (one heap of both heads until it evicts)
         with pytest.raises(ValueError, match="owes replays"):  # a driver that cannot pay must not feed more
             prefill(model, heap, [1, 2, 3], replay=REPLAY)
         for layer in heap:

@@ -20,7 +20,9 @@ that copy while others sit on budget they cannot use. Until the layer has
 seen more tokens than its mean budget every head keeps all it has seen, so
 the layer stays one heap of all its heads (one attention call, as a plain
 heap: a short session pays nothing for the plan) and splits into one-head
-heaps (`HeapKVCache.split_heads`) when the first head must evict.
+heaps (`HeapKVCache.split_heads`) when the first head must evict. A layer
+whose budgets the replay moves (allocation="headwise") is one heap in the
+same way until its first eviction.
 
 Quantities the rest of the project reads per layer ("tokens kept per KV
 head": live, budget, tier counts, counters) are the heads' means, so a
@@ -84,11 +86,13 @@ def _split(weights: tuple[tuple[float, ...], ...], mean: int, cap: int, minimum:
 class HeadwiseKVCache(_BaseCache):
     """A layer of one-head heaps, one per KV head, speaking the heap's protocol."""
 
-    def __init__(self, heads: list[HeapKVCache], plan: HeadPlan | None = None, mean_budget: int | None = None) -> None:
+    def __init__(self, heads: list[HeapKVCache], plan: HeadPlan | None = None, mean_budget: int | None = None,
+                 kv_heads: int | None = None) -> None:
         if not heads:
             raise ValueError("a headwise layer needs at least one KV head")
-        kv_heads = len(plan.weights[plan.layer]) if plan is not None else len(heads)
-        if len(heads) not in (1, kv_heads):  # (with a plan, one heap of every head: see `joint`)
+        if kv_heads is None:
+            kv_heads = len(plan.weights[plan.layer]) if plan is not None else len(heads)
+        if len(heads) not in (1, kv_heads):  # (one heap of every head: see `joint`)
             raise ValueError(f"a head plan for {kv_heads} KV heads given {len(heads)}")
         object.__setattr__(self, "kv_heads", kv_heads)
         object.__setattr__(self, "heads", list(heads))
@@ -111,10 +115,7 @@ class HeadwiseKVCache(_BaseCache):
                 if self.heads[0].budget != self.mean_budget:
                     self.heads[0].set_budget(self.mean_budget, now=now)
                 return
-            self._notes.extend(self.heads[0].notes)
-            stats = self.heads[0].attention_stats
-            object.__setattr__(self, "heads", self.heads[0].split_heads(self.kv_heads))
-            self.heads[0].attention_stats = stats  # (the joint heap's, every head's: read concatenated)
+            self.split()
         planned = self._planned  # (mean, seen) last set for; seen None: no head was capped, so any more seen
         if planned is not None and planned[0] == self.mean_budget and planned[1] in (seen, None):
             return
@@ -126,8 +127,17 @@ class HeadwiseKVCache(_BaseCache):
 
     @property
     def joint(self) -> bool:
-        """Whether one heap holds every KV head of the layer (a plan's layer before any head evicts)."""
+        """Whether one heap holds every KV head of the layer (before any head's count must differ)."""
         return len(self.heads) < self.kv_heads
+
+    def split(self) -> None:
+        """Become one one-head heap per KV head (HeapKVCache.split_heads), as an eager layer is built."""
+        if not self.joint:
+            return
+        self._notes.extend(self.heads[0].notes)
+        stats = self.heads[0].attention_stats
+        object.__setattr__(self, "heads", self.heads[0].split_heads(self.kv_heads))
+        self.heads[0].attention_stats = stats  # (the joint heap's, every head's: read concatenated)
 
     def __getattr__(self, name: str) -> Any:  # settings every head shares, read from the first
         if name in _SHARED:
@@ -153,6 +163,8 @@ class HeadwiseKVCache(_BaseCache):
             # be a question's); a decode step's small moves wait for the
             # heads' own batched collections.
             self._follow_plan(self.tokens_seen + keys.shape[2], now=keys.shape[2] > 1)
+        elif self.joint and not self.heads[0].replaying and self.heads[0].live + keys.shape[2] > self.heads[0].budget:
+            self.split()  # (without a plan: before the first eviction, which each head makes on its own)
         if self.joint:
             self._fetched = [self.heads[0].update_and_fetch(keys, values, rotated_at=rotated)]
         else:
@@ -175,9 +187,12 @@ class HeadwiseKVCache(_BaseCache):
     @property
     def state(self):
         heads = [head.state for head in self.heads]
-        if self.plan is None:
+        if self.plan is None and not self.joint:
             return heads
-        return {"heads": heads, "plan": self.plan.to_json(), "mean_budget": str(self.mean_budget)}
+        saved = {"heads": heads, "kv_heads": str(self.kv_heads)}
+        if self.plan is not None:
+            saved.update(plan=self.plan.to_json(), mean_budget=str(self.mean_budget))
+        return saved
 
     @state.setter
     def state(self, v) -> None:
@@ -188,8 +203,10 @@ class HeadwiseKVCache(_BaseCache):
     def from_state(cls, state) -> "HeadwiseKVCache":
         if not isinstance(state, dict):
             return cls([HeapKVCache.from_state(saved) for saved in state])
-        return cls([HeapKVCache.from_state(saved) for saved in state["heads"]], HeadPlan.from_json(state["plan"]),
-                   int(state["mean_budget"]))
+        plan = HeadPlan.from_json(state["plan"]) if "plan" in state else None
+        return cls([HeapKVCache.from_state(saved) for saved in state["heads"]], plan,
+                   int(state["mean_budget"]) if "mean_budget" in state else None,
+                   int(state["kv_heads"]) if "kv_heads" in state else None)
 
     def is_trimmable(self) -> bool:
         return True

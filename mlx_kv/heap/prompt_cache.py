@@ -75,7 +75,9 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
         weights = head_weights(config, len(budgets), n_heads)
         return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads)], HeadPlan(weights, layer))
                 for layer, budget in enumerate(budgets)]
-    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads + head) for head in range(n_heads)])
+    # allocation="headwise": every head keeps the same count until the first replay moves the budgets
+    # (rebalance), so each layer is one heap of all its heads until then, too
+    return [HeadwiseKVCache([layer_heap(layer, budget, config.seed + layer * n_heads)], kv_heads=n_heads)
             for layer, budget in enumerate(budgets)]
 
 
@@ -130,6 +132,9 @@ def rebalance(cache: list[HeapKVCache], keep: int | None = None) -> None:
     on average) to the layers, or with allocation="headwise" the (layer, KV
     head) heaps, whose evictable tokens score highest
     (budget.allocate_by_scores); each collects down to its new budget now."""
+    for layer in cache:
+        if getattr(layer, "joint", False) and layer.plan is None:
+            layer.split()  # (heads are about to keep different counts)
     units = heaps(cache)
     total = keep * len(units) if keep is not None else sum(unit.budget for unit in units)
     found = [unit.candidates() for unit in units]
