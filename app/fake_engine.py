@@ -37,7 +37,7 @@ from mlx_kv.sizes import parse_budget, parse_bytes
 
 # mlx_kv.policies.POLICIES, named here because importing it loads MLX (tests/test_protocol.py keeps them equal)
 POLICIES = ("h2o", "keydiff", "kvzip", "random", "snapkv", "streaming", "surprise", "tova")
-DEFAULT_POLICY = "keydiff"  # mlx_kv.engine.SESSION_POLICY
+DEFAULT_POLICY = "kvzip"  # mlx_kv.engine.SESSION_POLICY
 OVERFLOW = ("heap", "stop", "rolling")  # mlx_kv.engine.OVERFLOW
 NAMES = ("mlx-kv-tiny", "SmolLM2-135M-Instruct", "bundled")  # model names the fake loads like the library would
 BYTES_PER_TOKEN = 4096  # a tiny model: 2 layers x 2 KV heads x 64 dims x fp32 x K,V x 2

@@ -73,23 +73,27 @@ def test_profile_measures_every_layer_and_sessions_use_it(tiny_model_dir):
         target.unlink()
 
 
-def test_a_session_left_to_choose_splits_its_budget_by_the_profiles_retrieval_scores(tiny_model_dir, tmp_path):
+def test_a_session_left_to_choose_replays_and_splits_its_budget_by_the_replay_or_the_profiles_retrieval_scores(
+        tiny_model_dir, tmp_path):
     from mlx_kv.engine import SESSION_POLICY, Session
     from mlx_kv.profile import profile_path
 
     target = profile_path(tiny_model_dir)
     assert not target.exists()
+    plain = Session.load(str(tiny_model_dir), budget=120, window=16)
+    assert (plain.config.policy, plain.config.allocation, plain.config.policy_args) == (SESSION_POLICY, "headwise",
+                                                                                        {"scope": "chunk"})
     notes = []
-    plain = Session.load(str(tiny_model_dir), budget=120, window=16, progress=notes.append)
-    assert plain.config.policy == SESSION_POLICY and plain.config.allocation == "uniform"  # no profile: one count
+    keydiff = Session.load(str(tiny_model_dir), budget=120, window=16, policy="keydiff", progress=notes.append)
+    assert keydiff.config.allocation == "uniform"  # no profile: one count
     assert any("`mlx-kv profile" in note for note in notes)
     layers = [{"entropy": 1.0, "top1": 0.5, "top5": 0.9, "retrieval": row} for row in ([0.0, 0.9], [0.1, 0.0])]
     target.write_text(json.dumps({"version": 2, "layers": layers}))
     try:
-        session = Session.load(str(tiny_model_dir), budget=120, window=16)
-        assert session.config.policy == SESSION_POLICY and session.config.allocation == "retrieval"
+        session = Session.load(str(tiny_model_dir), budget=120, window=16, policy="keydiff")
+        assert session.config.allocation == "retrieval"
         budgets = [[head.budget for head in layer.heads] for layer in session.cache]
-        assert Session.load(str(tiny_model_dir), budget=120, window=16, policy="kvzip").config.allocation == "headwise"
+        assert Session.load(str(tiny_model_dir), budget=120, window=16).config.allocation == "headwise"
         assert Session.load(str(tiny_model_dir), budget=120, window=16, policy="h2o").config.allocation == "retrieval"
         "".join(session.chat("w1 w2 w3 " * 60, max_tokens=8))
         session.save(str(tmp_path / "s.mlxkv"))

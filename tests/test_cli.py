@@ -23,7 +23,7 @@ def test_policy_help_names_every_policy(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["chat", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert ", ".join(POLICY_NAMES) + " (default keydiff," in help_text
+    assert ", ".join(POLICY_NAMES) + " (default kvzip," in help_text
 
 
 def test_bench_speed_compacts_like_the_config_by_default():

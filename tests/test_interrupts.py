@@ -17,8 +17,9 @@ def session(tiny_model_dir):
 def assert_consistent(session):
     assert session.tokens_seen == len(session._token_ids)
     for layer in session.cache:
-        assert layer.live <= layer.budget
-        assert all(len(k) == layer.live for k in layer.kept_positions())
+        units = getattr(layer, "heads", [layer])  # (a headwise layer: its heads keep their own counts)
+        assert all(unit.live <= unit.budget for unit in units)
+        assert [len(k) for k in layer.kept_positions()] == [u.live for u in units for _ in u.kept_positions()]
 
 
 def test_ctrl_c_during_ingest_keeps_what_was_read(session):

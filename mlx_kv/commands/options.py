@@ -65,8 +65,9 @@ def add_heap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="tokens per layer (1024), a size for the whole heap (2GB, 512MiB, 2G = 2GB), or auto")
     p.add_argument("--policy", default=None,
-                   help=", ".join(POLICY_NAMES) + " (default keydiff, its budget split between the KV heads by "
-                        "their retrieval scores where the model has a profile: `mlx-kv profile`)")
+                   help=", ".join(POLICY_NAMES) + " (default kvzip, which replays each chunk once the budget binds "
+                        "and splits the budget between the KV heads by the replay's scores; keydiff loads faster, "
+                        "split by the heads' retrieval scores where the model has a profile: `mlx-kv profile`)")
     p.add_argument("--window", type=int, default=None, help="young generation size (tokens)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks kept forever")
     p.add_argument("--positions", choices=("absolute", "cache"), default=None,
