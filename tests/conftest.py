@@ -41,6 +41,21 @@ def replayed_logits(model, cache, tokens, replay, chunk=64):
     return np.stack(rows)
 
 
+def assert_continues_as_eager_split(lazy, eager, rows) -> None:
+    """A lazily split headwise cache ended as the eager split it stands for: every
+    layer split, some head evicted, the same logits (`rows`: lazy's, eager's), and
+    per head the same budget, count, batch, seed and kept positions."""
+    import numpy as np
+
+    from mlx_kv.heap.headwise import heaps
+
+    assert not any(layer.joint for layer in lazy) and heaps(lazy)[0].evictions > 0
+    assert np.max(np.abs(rows[0] - rows[1])) <= 1e-4
+    for a, b in zip(heaps(lazy), heaps(eager)):
+        assert (a.budget, a.live, a.collect_batch, a.seed) == (b.budget, b.live, b.collect_batch, b.seed)
+        assert [sorted(r) for r in a.kept_positions()] == [sorted(r) for r in b.kept_positions()]
+
+
 def build_model(model_type: str, seed: int = 0, **overrides):
     return random_model(dict(CONFIGS[model_type], **overrides), seed=seed)
 

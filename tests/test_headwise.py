@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache, save_prompt_cache
 
-from conftest import REPLAY, build_model, replayed_logits
+from conftest import REPLAY, assert_continues_as_eager_split, build_model, replayed_logits
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
 from mlx_kv.generate import prefill
 from mlx_kv.heap.headwise import HeadwiseKVCache, heaps
@@ -44,11 +44,7 @@ def test_a_headwise_layer_is_one_heap_until_its_first_eviction_then_continues_as
         rows = [replayed_logits(model, cache, tokens[300:], None, chunk=50) for cache in (lazy, eager)]
     finally:
         uninstall(model)
-    assert not any(layer.joint for layer in lazy) and heaps(lazy)[0].evictions > 0
-    assert np.max(np.abs(rows[0] - rows[1])) <= 1e-4
-    for a, b in zip(heaps(lazy), heaps(eager)):
-        assert (a.budget, a.live, a.collect_batch, a.seed) == (b.budget, b.live, b.collect_batch, b.seed)
-        assert [sorted(r) for r in a.kept_positions()] == [sorted(r) for r in b.kept_positions()]
+    assert_continues_as_eager_split(lazy, eager, rows)
 
 
 def test_heads_of_one_layer_end_with_different_counts_and_the_bytes_follow_them():

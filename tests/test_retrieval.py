@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache, save_prompt_cache
 
-from conftest import build_model, replayed_logits
+from conftest import assert_continues_as_eager_split, build_model, replayed_logits
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
 from mlx_kv.budget import allocate_capped
 from mlx_kv.generate import decode, prefill
@@ -239,8 +239,4 @@ def test_a_planned_layer_is_one_heap_until_a_head_must_evict_then_continues_as_i
         rows = [replayed_logits(model, cache, tokens[100:], None, chunk=50) for cache in (lazy, eager)]
     finally:
         uninstall(model)
-    assert not any(layer.joint for layer in lazy) and heaps(lazy)[0].evictions > 0
-    assert np.max(np.abs(rows[0] - rows[1])) <= 1e-4
-    for a, b in zip(heaps(lazy), heaps(eager)):
-        assert (a.budget, a.live, a.collect_batch, a.seed) == (b.budget, b.live, b.collect_batch, b.seed)
-        assert [sorted(r) for r in a.kept_positions()] == [sorted(r) for r in b.kept_positions()]
+    assert_continues_as_eager_split(lazy, eager, rows)
