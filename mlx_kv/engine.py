@@ -306,7 +306,8 @@ class Session:
 
         try:
             budgets = tokens_per_layer(config, self.model)
-            self._pay_replays_before(budgets)
+            if self._shrinks(budgets):
+                pay_replays(self.model, self.cache, self.replay, self._token_ids)  # (a smaller budget collects now)
             set_budgets(self.cache, budgets)
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -323,17 +324,18 @@ class Session:
         allocator trimmed (measured on the default
         model, budget 4096 -> 2048: RSS 982 MB before and after without the
         trim, 733 MB with it; scripts/memory_pressure.py)."""
-        shrinking = any(new < layer.budget for new, layer in zip(budgets, self.cache))
-        self._pay_replays_before(budgets)
+        shrinking = self._shrinks(budgets)
+        if shrinking:
+            pay_replays(self.model, self.cache, self.replay, self._token_ids)  # (a smaller budget collects now)
         set_budgets(self.cache, budgets)
         if shrinking:
             mx.clear_cache()
             release_freed_memory()
 
-    def _pay_replays_before(self, budgets: list[int]) -> None:
-        """A smaller budget collects at once: replays a prefill put off are paid first."""
-        if any(new < layer.budget for new, layer in zip(budgets, self.cache)):
-            pay_replays(self.model, self.cache, self.replay, self._token_ids)
+    def _shrinks(self, budgets: list[int]) -> bool:
+        """Whether a layer's new budget is below its current one: it collects at
+        once, so replays a prefill put off are paid first."""
+        return any(new < layer.budget for new, layer in zip(budgets, self.cache))
 
     def set_policy(self, name: str) -> None:
         if name not in POLICIES:
