@@ -22,7 +22,7 @@ def check_invariants(cache, budget, sinks, window):
             assert np.isin(young, kept).all(), "young window present"
 
 
-@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "random", "surprise", "keydiff"])
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "random", "surprise", "keydiff", "expected", "valuenorm"])
 @pytest.mark.parametrize("threshold", [0.0, 0.5])
 def test_budget_sinks_window_and_order_hold_after_every_call(policy, threshold):
     model = build_model("llama")

@@ -24,7 +24,7 @@ def run(model, cache, tokens, chunk=64, decode=20):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
-@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "keydiff"])
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "streaming", "keydiff", "expected", "valuenorm"])
 def test_heap_logits_equal_kvcache_when_nothing_is_evicted(model_type, policy):
     model = build_model(model_type)
     tokens = np.random.default_rng(1).integers(0, 101, size=300).tolist()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 HEAP_FLAGS = ("window", "sinks", "positions", "allocation", "cold_bits")
 # mlx_kv.policies.POLICIES, spelled out so that --help does not load MLX
 # (tests/test_cli.py keeps the two equal).
-POLICY_NAMES = ("h2o", "tova", "snapkv", "streaming", "random", "surprise", "kvzip", "keydiff")
+POLICY_NAMES = ("h2o", "tova", "snapkv", "streaming", "random", "surprise", "kvzip", "keydiff", "expected", "valuenorm")
 
 
 class SubParsers(Protocol):

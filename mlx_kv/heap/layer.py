@@ -188,6 +188,8 @@ class HeapKVCache(_BaseCache):
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
+        if policy.observes_queries:
+            policy.observe_queries(queries, self._query_base, self.rope, self.position_mode)
         blind = policy.observes == "none"
         scored = not (blind or (n_new == 1 and self.calls % self.score_every))
         sample = (scored or blind) and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0

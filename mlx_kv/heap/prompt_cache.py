@@ -60,7 +60,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             score_every=config.score_every,
             seed=seed,
             positions=config.positions,
-            rope=_layer_rope(model, layer) if config.positions == "cache" else None,
+            rope=_layer_rope(model, layer) if config.positions == "cache" else _model_rope(model, layer),
             recovery=recovery,
             cold_bits=config.cold_bits,
             adaptive=config.allocation in ("adaptive", "headwise"),
@@ -95,9 +95,16 @@ def head_weights(config: HeapConfig, n_layers: int, n_heads: int) -> tuple[tuple
     return tuple(tuple(float(w) + 1e-3 for w in row) for row in scores)
 
 
+def _model_rope(model: Any, layer: int) -> Any:
+    """The layer's rope object where the architecture exposes one (a policy
+    that models future queries rotates them with it), else None."""
+    layers = getattr(model, "layers", None)
+    attn = getattr(layers[layer], "self_attn", None) if layers is not None else None
+    return getattr(attn, "rope", None)
+
+
 def _layer_rope(model: Any, layer: int) -> Any:
-    attn = getattr(model.layers[layer], "self_attn", None)
-    rope = getattr(attn, "rope", None)
+    rope = _model_rope(model, layer)
     if rope is None:
         raise ValueError("positions: 'cache' needs the model's rope object, which this architecture does not expose")
     return rope
@@ -112,8 +119,8 @@ def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None)
     if model is not None:
         install(model)
         for layer, cache in enumerate(caches):
-            if isinstance(cache, HEAP_LAYERS) and cache.position_mode == "cache":
-                cache.rope = _layer_rope(model, layer)
+            if isinstance(cache, HEAP_LAYERS):
+                cache.rope = _layer_rope(model, layer) if cache.position_mode == "cache" else _model_rope(model, layer)
     return loaded
 
 
@@ -122,7 +129,7 @@ def clone_heap(cache: list[HeapKVCache]) -> list[HeapKVCache]:
     fresh slot arrays, the same rope, a fork of each recovery store."""
     clones = [type(layer).from_state(layer.state) for layer in cache]
     for clone, original in zip(heaps(clones), heaps(cache)):
-        clone.rope = original.rope
+        clone.rope, clone.policy = original.rope, original.policy.fork()
         clone.store = original.store.fork() if original.store is not None else None
     return clones
 

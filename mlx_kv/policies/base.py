@@ -9,8 +9,8 @@ compaction) is the heap's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping
 
 import mlx.core as mx
 import numpy as np
@@ -55,6 +55,9 @@ class Policy:
     # the driver then replays every chunk, and the heap collects after the replay.
     replays: ClassVar[bool] = False
 
+    # Whether the heap hands every call's queries to observe_queries (a model of the queries to come).
+    observes_queries: ClassVar[bool] = False
+
     @property
     def observation_window(self) -> int:
         return 1
@@ -80,6 +83,15 @@ class Policy:
     def fold_replay(self, folded: dict[str, mx.array], weights: mx.array) -> dict[str, mx.array]:
         """Fold a replay's attention (the most any replayed query paid each slot) into the accumulators."""
         return {}
+
+    def fork(self) -> "Policy":
+        """The same policy for a copy of the heap (prompt_cache.clone_heap):
+        its settings, and whatever it learned that no slot field holds."""
+        return replace(self)
+
+    def observe_queries(self, queries: mx.array, base: int, rope: Any, positions: str) -> None:
+        """One call's queries (1, Hq, n, D), rotated by `rope` at positions base,
+        base+1, ... of the heap's `positions` frame ("absolute" or "cache")."""
 
     def score(self, view: SlotView) -> np.ndarray:
         """Scores per (kv_head, slot); dead slots (position -1) are ignored."""
