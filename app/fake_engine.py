@@ -36,7 +36,7 @@ from mlx_kv.memory_map import holder_counts, memory_map
 from mlx_kv.sizes import parse_budget, parse_bytes
 
 # mlx_kv.policies.POLICIES, named here because importing it loads MLX (tests/test_protocol.py keeps them equal)
-POLICIES = ("h2o", "keydiff", "kvzip", "random", "snapkv", "streaming", "surprise", "tova")
+POLICIES = ("expected", "h2o", "keydiff", "kvzip", "random", "snapkv", "streaming", "surprise", "tova", "valuenorm")
 DEFAULT_POLICY = "kvzip"  # mlx_kv.engine.SESSION_POLICY
 OVERFLOW = ("heap", "stop", "rolling")  # mlx_kv.engine.OVERFLOW
 NAMES = ("mlx-kv-tiny", "SmolLM2-135M-Instruct", "bundled")  # model names the fake loads like the library would
