@@ -155,3 +155,12 @@ def test_expected_attention_keeps_its_query_model_in_a_cloned_heap_and_not_in_it
     assert all(layer.live <= 48 for layer in cache)
     assert clone[0].policy._stats["count"] == cache[0].policy._stats["count"] == 100 - 4
     assert "_stats" not in cache[0]._meta_json()
+
+
+def test_expected_attention_gives_each_split_head_its_own_query_group():
+    import mlx.core as mx
+
+    _, _, mean, policy = _expected_setup("absolute")  # 4 query heads over 2 KV heads
+    second = policy.for_head(1, 2)
+    np.testing.assert_allclose(np.array(second._stats["sum"]) / second._stats["count"], mean[2:], atol=1e-5)
+    assert second._stats["next"] == policy._stats["next"] and isinstance(second._stats["outer"], mx.array)

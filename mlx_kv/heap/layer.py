@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -418,7 +418,7 @@ class HeapKVCache(_BaseCache):
         meta = self._meta_json()
         heads = []
         for h in range(n_heads):
-            head = HeapKVCache(policy=replace(self.policy), **{**self._settings(), "seed": self.seed + h})
+            head = HeapKVCache(policy=self.policy.for_head(h, n_heads), **{**self._settings(), "seed": self.seed + h})
             if saved is not None:
                 head.state = {**self.slots.head_of(saved, h), "meta": meta}
             head.rope, head.diagnostics_every, head.calls = self.rope, self.diagnostics_every, self.calls

@@ -89,6 +89,11 @@ class Policy:
         its settings, and whatever it learned that no slot field holds."""
         return replace(self)
 
+    def for_head(self, head: int, n_heads: int) -> "Policy":
+        """The policy of KV head `head` of `n_heads` when a layer's heap
+        splits into one heap per head (HeapKVCache.split_heads)."""
+        return replace(self)
+
     def observe_queries(self, queries: mx.array, base: int, rope: Any, positions: str) -> None:
         """One call's queries (1, Hq, n, D), rotated by `rope` at positions base,
         base+1, ... of the heap's `positions` frame ("absolute" or "cache")."""

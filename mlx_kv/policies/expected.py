@@ -55,6 +55,14 @@ class ExpectedAttention(Policy):
         twin._stats = dict(self._stats)  # (mx arrays are immutable: sharing them is a copy)
         return twin
 
+    def for_head(self, head: int, n_heads: int) -> "ExpectedAttention":
+        twin = self.fork()
+        if self._stats:  # the head's own query heads (its GQA group)
+            group = self._stats["sum"].shape[0] // n_heads
+            rows = slice(head * group, (head + 1) * group)
+            twin._stats.update(sum=self._stats["sum"][rows], outer=self._stats["outer"][rows])
+        return twin
+
     def observe_queries(self, queries: mx.array, base: int, rope: Any, positions: str) -> None:
         """Fold one call's queries (1, Hq, n, D), rotated at base, base+1, ...,
         into the running sums, un-rotated to position 0 first."""
