@@ -60,7 +60,7 @@ def make_heap_cache(model: Any, config: HeapConfig | None = None, *, available: 
             score_every=config.score_every,
             seed=seed,
             positions=config.positions,
-            rope=_layer_rope(model, layer) if config.positions == "cache" else _model_rope(model, layer),
+            rope=_heap_rope(model, layer, config.positions),
             recovery=recovery,
             cold_bits=config.cold_bits,
             adaptive=config.allocation in ("adaptive", "headwise"),
@@ -103,9 +103,10 @@ def _model_rope(model: Any, layer: int) -> Any:
     return getattr(attn, "rope", None)
 
 
-def _layer_rope(model: Any, layer: int) -> Any:
+def _heap_rope(model: Any, layer: int, positions: str) -> Any:
+    """What a layer's heap rotates with: positions="cache" cannot do without it."""
     rope = _model_rope(model, layer)
-    if rope is None:
+    if rope is None and positions == "cache":
         raise ValueError("positions: 'cache' needs the model's rope object, which this architecture does not expose")
     return rope
 
@@ -120,7 +121,7 @@ def load_heap_cache(path: str, return_metadata: bool = False, model: Any = None)
         install(model)
         for layer, cache in enumerate(caches):
             if isinstance(cache, HEAP_LAYERS):
-                cache.rope = _layer_rope(model, layer) if cache.position_mode == "cache" else _model_rope(model, layer)
+                cache.rope = _heap_rope(model, layer, cache.position_mode)
     return loaded
 
 

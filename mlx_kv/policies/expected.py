@@ -97,8 +97,9 @@ class ExpectedAttention(Policy):
         keys, values = view.keys.astype(np.float32), view.values.astype(np.float32)  # (H, L, D)
         n_heads, _, dim = keys.shape
         alive = view.positions >= 0
+        norms = np.linalg.norm(values, axis=-1) if self.vnorm else np.ones(alive.shape)
         if not self._stats:
-            return np.linalg.norm(values, axis=-1) if self.vnorm else np.zeros(alive.shape)
+            return norms if self.vnorm else np.zeros(alive.shape)
         if self._stats["positions"] == "cache" and self._stats["rope"] is not None:
             shift = np.where(alive, view.rank - view.rot, 0).astype(np.int32)  # where attention rotates each key
             keys = np.array(shift_keys(self._stats["rope"], mx.array(keys)[None], mx.array(shift))[0])
@@ -112,4 +113,4 @@ class ExpectedAttention(Policy):
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
         weights /= weights.sum(axis=1, keepdims=True)
         scores = weights.reshape(n_heads, group, -1).mean(axis=1)
-        return scores * np.linalg.norm(values, axis=-1) if self.vnorm else scores
+        return scores * norms
