@@ -119,6 +119,7 @@ def packed_cold_attention(
     dead_bias: mx.array | None = None,
     scored: bool = False,
     keep_last_row: bool = False,
+    cold_queries: mx.array | None = None,
 ) -> Attended:
     """One decode token's attention over the cold tier's packed rows followed
     by the hot slots, multiplying the packed words directly
@@ -130,13 +131,16 @@ def packed_cold_attention(
     hot_keys / hot_values: (1, H, n_hot, D); dead_bias: (H, n_cold + n_hot).
     With `scored`, the weights summed over the group's query heads (and
     the count of heads that saw each key), as grouped_attention returns them.
+    `cold_queries`: the queries the packed keys are scored with, if not
+    `queries` (positions="cache" rotates them instead of the keys).
     """
     B, n_q, S, D = queries.shape
     H = hot_keys.shape[1]
     G = n_q // H
     q = (queries * scale).reshape(B, H, G * S, D)
+    q_cold = q if cold_queries is None else (cold_queries * scale).reshape(B, H, G * S, D)
     quantized = dict(group_size=group_size, bits=bits)
-    s = mx.concatenate([mx.quantized_matmul(q, *cold_keys, transpose=True, **quantized),
+    s = mx.concatenate([mx.quantized_matmul(q_cold, *cold_keys, transpose=True, **quantized),
                         q @ hot_keys.swapaxes(-1, -2)], axis=-1).astype(mx.float32)
     if dead_bias is not None:
         s = s + dead_bias[None, :, None, :]

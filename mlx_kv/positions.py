@@ -12,6 +12,14 @@ in `attend`, so the heap keeps no second copy of the keys.
 RoPE is a rotation linear in the position, so R(a + d) k = R(d) R(a) k for
 the model's own rope object (plain, linear-scaled or Llama-3 frequencies).
 Variants that also rescale the vectors (YaRN's mscale) are refused.
+
+A cold tier (mlx_kv.heap.cold) stores keys packed, which cannot be rotated:
+its keys are rotated to their rank as they turn cold, and a decode step
+rotates each KV head's queries once, by the middle of the shifts its cold
+keys are owed since (q . R(s) k = (R(-s) q) . k). A cold key is then off by
+at most half the spread of those shifts; past `cold_drift` positions the
+tier is re-stamped at the next compaction. Distant tokens tolerate coarse
+positions (Self-Extend, Jin et al. 2024, groups them by floor division).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
     from mlx_kv.heap.slots import SlotTable
 
 _PURE_ROTATIONS = ("RoPE", "Llama3RoPE")
+COLD_DRIFT = 16  # positions a packed cold key may be off before the tier is re-stamped
 
 
 def check_rope(rope: Any) -> None:
@@ -73,6 +82,18 @@ class AbsoluteShifts:
     def keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
         return keys
 
+    def hot_keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
+        return keys
+
+    def cold_queries(self, rope: Any, slots: "SlotTable", queries: mx.array, base: int) -> mx.array:
+        return queries
+
+    def cold_stamp(self, slots: "SlotTable", order: np.ndarray, n_cold: int, end: int) -> np.ndarray | None:
+        return None
+
+    def stamped(self, slots: "SlotTable", stamp: np.ndarray | None) -> None:
+        pass
+
     def nbytes(self, slots: "SlotTable") -> int:
         return 0
 
@@ -84,9 +105,12 @@ class CacheShifts(AbsoluteShifts):
 
     slot_bytes = 4  # counted whether or not the array is built at the moment
 
-    def __init__(self) -> None:
+    def __init__(self, cold_drift: int | None = None) -> None:
         self._shift: mx.array | None = None
         self._nonzero = False
+        self._cold_shift: mx.array | None = None  # (H,) what a head's queries are rotated back by for its cold keys
+        self.cold_drift = COLD_DRIFT if cold_drift is None else cold_drift
+        self.restamps = 0
 
     def stamp_range(self, slots: "SlotTable", start: int, stop: int, query_base: int, live: int) -> None:
         """New tokens rank right after the kept ones; mlx-lm rotated them at
@@ -119,18 +143,66 @@ class CacheShifts(AbsoluteShifts):
     def invalidate(self) -> None:
         self._shift = None
 
+    def _owed(self, slots: "SlotTable") -> mx.array:
+        if self._shift is None:
+            shift = np.where(slots.positions >= 0, slots.rank - slots.rot, 0)
+            self._nonzero = bool(shift.any())
+            self._shift = mx.array(shift.astype(np.int32))
+            cold = shift[:, : slots.hot0]
+            mid = (cold.min(axis=1) + cold.max(axis=1)) // 2 if slots.hot0 else np.zeros(len(shift), np.int64)
+            self._cold_shift = mx.array(mid.astype(np.int32))
+        return self._shift
+
     def keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
         """The keys of slots [0, end) rotated to their rank, plus `base` (where
         the queries were rotated relative to the kept count)."""
         if rope is None:
             raise ValueError("positions: 'cache' needs the model's rope; build the heap with make_heap_cache(model, ...)")
-        if self._shift is None:
-            shift = np.where(slots.positions >= 0, slots.rank - slots.rot, 0)
-            self._nonzero = bool(shift.any())
-            self._shift = mx.array(shift.astype(np.int32))
+        shift = self._owed(slots)
         if base == 0 and not self._nonzero:
             return keys
-        return shift_keys(rope, keys, self._shift[:, :end] + base)
+        return shift_keys(rope, keys, shift[:, :end] + base)
+
+    def hot_keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
+        """The keys of slots [hot0, end) (the tier's packed rows aside) rotated as `keys` rotates them."""
+        shift = self._owed(slots)
+        if base == 0 and not self._nonzero:
+            return keys
+        return shift_keys(rope, keys, shift[:, slots.hot0: end] + base)
+
+    def cold_queries(self, rope: Any, slots: "SlotTable", queries: mx.array, base: int) -> mx.array:
+        """A decode token's queries (1, Hq, 1, D) rotated back, per KV head, by
+        the middle of the shifts its cold keys are owed (plus `base`)."""
+        self._owed(slots)
+        shift = self._cold_shift + base
+        H = shift.shape[0]
+        _, n_q, S, D = queries.shape
+        return rope(queries.reshape(H, n_q // H, S, D), offset=-shift).reshape(queries.shape)
+
+    def cold_stamp(self, slots: "SlotTable", order: np.ndarray, n_cold: int, end: int) -> np.ndarray | None:
+        """(H, n_cold) the RoPE shift each key going cold (slots order[:, :n_cold]
+        of [0, end)) is owed, which the cold tier applies as it quantizes: new
+        cold keys' in full, already cold keys' only once any head's have
+        spread past twice `cold_drift` (every one of them then re-stamped)."""
+        if slots.cold is None or not n_cold:
+            return None
+        cold = order[:, :n_cold]
+        heads = np.arange(len(cold))[:, None]
+        owed = ranks(slots.positions[:, :end])[heads, cold] - slots.rot[heads, cold]
+        old = cold < slots.hot0
+        lo = np.where(old, owed, owed.max()).min(axis=1)
+        hi = np.where(old, owed, owed.min()).max(axis=1)
+        if (old.any(axis=1) & (hi - lo > 2 * self.cold_drift)).any():
+            self.restamps += 1
+        else:
+            owed = np.where(old, 0, owed)
+        return owed.astype(np.int32)
+
+    def stamped(self, slots: "SlotTable", stamp: np.ndarray | None) -> None:
+        """After the compaction that applied `stamp`: the cold keys were rotated by it."""
+        if stamp is not None:
+            slots.rot[:, : stamp.shape[1]] += stamp
+        self._shift = None
 
     def nbytes(self, slots: "SlotTable") -> int:
         return self.slot_bytes * slots.n_heads * slots.capacity

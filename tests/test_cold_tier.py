@@ -152,6 +152,45 @@ def test_every_stored_row_is_its_token_key_exact_when_hot_and_quantized_once_whe
     assert len(requantized) < len(cold_then_hot)
 
 
+def test_under_cache_positions_every_cold_row_is_its_token_key_rotated_where_the_slot_table_says():
+    """positions="cache" rotates a key to its rank as it turns cold and moves
+    `rot` with it: rotating any stored row from `rot` to the token's own
+    position gives KVCache's key, to within a 4-bit step when cold (two if the
+    tier was re-stamped since: quantized twice)."""
+    from mlx_lm.models.cache import KVCache
+
+    model = _model()
+    tokens = np.random.default_rng(4).integers(0, 101, size=400)
+    reference = [KVCache() for _ in model.layers]
+    model(mx.array(tokens)[None], cache=reference)
+    ref_keys = np.array(reference[0].keys[0, :, : len(tokens)])  # (H, T, D)
+    cache = make_heap_cache(model, HeapConfig(budget=128, sinks=4, window=16, cold_bits=4, positions="cache"))
+    restamped_rot, checked = set(), 0
+    try:
+        steps = [tokens[i:i + 32] for i in range(0, 320, 32)] + [tokens[i:i + 1] for i in range(320, 400)]
+        for chunk in steps:
+            mx.eval(model(mx.array(chunk)[None], cache=cache))
+            layer = cache[0]
+            n_cold, keys = layer.cold_tokens, layer._full_kv()[0]
+            pos, rot = layer.slots.positions[:, : layer.end], layer.slots.rot[:, : layer.end]
+            live = pos >= 0
+            back = layer.rope(keys[0][:, :, None, :].reshape(-1, 1, 1, keys.shape[-1]),
+                              offset=mx.array((pos - rot).reshape(-1).astype(np.int32)))
+            back = np.array(back).reshape(keys.shape[1:])
+            for h in range(keys.shape[1]):
+                for slot in np.nonzero(live[h])[0]:
+                    want, got = ref_keys[h, pos[h, slot]], back[h, slot]
+                    row = np.array(keys[0, h, slot])
+                    error = np.linalg.norm(got - want)
+                    if slot < n_cold or error > 1e-3 * (1 + np.linalg.norm(want)):  # (hot: a token that left the tier)
+                        assert error <= np.sqrt(len(row)) * (row.max() - row.min()) / 15 * 1.05 + 1e-5
+                        restamped_rot.add(int(rot[h, slot]) - int(pos[h, slot]))
+                    checked += 1
+    finally:
+        uninstall(model)
+    assert checked > 1000 and len(restamped_rot) > 5  # cold keys sat at many shifts from their position
+
+
 def test_a_cold_heap_saves_and_restores(tmp_path):
     from mlx_lm.models.cache import save_prompt_cache
 
@@ -204,23 +243,31 @@ def test_packed_cold_attention_equals_attention_over_the_dequantized_tier(bits):
     assert packed_cold_attention(queries, packed_k, packed_v, hot_k, hot_v, 0.125, bits=bits, group_size=64).weights is None
 
 
-def test_decoding_over_the_packed_cold_tier_gives_the_dequantizing_path_logits(monkeypatch):
+@pytest.mark.parametrize("positions", ["absolute", "cache"])
+def test_decoding_over_the_packed_cold_tier_gives_the_dequantizing_path_logits(monkeypatch, positions):
     """Decode steps attend the packed rows; the logits and the kept tokens are
-    those of attending the dequantized tier (the path positions="cache" takes)."""
+    those of attending the dequantized tier with every key at its own shift.
+    (positions="cache" with no drift allowed: the queries' one rotation per
+    head is then exactly each cold key's.)"""
+    from mlx_kv import positions as positions_module
     from mlx_kv.attention import grouped_attention
     from mlx_kv.heap import layer as layer_module
 
+    monkeypatch.setattr(positions_module, "COLD_DRIFT", 0)
     model = _model()
     tokens = np.random.default_rng(5).integers(0, 101, size=300)
-    config = HeapConfig(budget=128, sinks=4, window=16, cold_bits=4, positions="absolute")
+    config = HeapConfig(budget=128, sinks=4, window=16, cold_bits=4, positions=positions)
     calls = []
     packed = layer_module.packed_cold_attention
     monkeypatch.setattr(layer_module, "packed_cold_attention", lambda *a, **k: calls.append(1) or packed(*a, **k))
     fast_cache, fast = _run(model, config, tokens, decode=30)
     assert len(calls) >= 30 * len(model.layers) * 0.9  # nearly every decode step had cold tokens
+    if positions == "cache":
+        assert all(layer.shifts.restamps for layer in fast_cache)  # the tier drifted and was re-stamped
 
-    def dequantizing(self, queries, scale, dead_bias, scored, sample):
+    def dequantizing(self, queries, scale, dead_bias, scored, sample, base):
         keys, values = self._full_kv()
+        keys = self.shifts.keys(self.rope, self.slots, keys, self.end, base)
         return grouped_attention(queries, keys, values, scale, first_query_slot=None, dead_bias=dead_bias,
                                  score_rows=(0, 1) if scored else (0, 0), keep_last_row=sample)
 
@@ -229,3 +276,30 @@ def test_decoding_over_the_packed_cold_tier_gives_the_dequantizing_path_logits(m
     np.testing.assert_allclose(fast, slow, atol=1e-4)
     for a, b in zip(fast_cache, slow_cache):
         assert [list(k) for k in a.kept_positions()] == [list(k) for k in b.kept_positions()]
+
+
+def test_a_packed_cold_key_under_cache_positions_is_never_more_than_the_drift_from_its_rank():
+    """Keys are rotated to their rank as they turn cold; evictions before them
+    then owe them shifts the queries' one rotation per head covers to within
+    COLD_DRIFT positions, and the tier is re-stamped only when that fails."""
+    from mlx_kv.positions import COLD_DRIFT
+
+    model = _model()
+    tokens = np.random.default_rng(6).integers(0, 101, size=400)
+    config = HeapConfig(budget=128, sinks=4, window=16, cold_bits=4, positions="cache")
+    worst, drifted = [], []
+
+    def record(cache):
+        for layer in cache:
+            slots = layer.slots
+            if not slots.hot0:
+                continue
+            layer.shifts._owed(slots)
+            owed = (slots.rank - slots.rot)[:, : slots.hot0]
+            drifted.append(bool(owed.any()))
+            worst.append(int(np.abs(owed - np.array(layer.shifts._cold_shift)[:, None]).max()))
+
+    cache, _ = _run(model, config, tokens, decode=60, chunk=16, record=record)
+    assert any(drifted)  # cold keys were owed shifts after they were quantized
+    assert max(worst) <= COLD_DRIFT
+    assert all(layer.shifts.restamps < layer.compactions / 2 for layer in cache)

@@ -20,6 +20,8 @@ quantized when it turns cold, and again only if it is promoted to tenured
 
 from __future__ import annotations
 
+from typing import Callable
+
 import mlx.core as mx
 import numpy as np
 
@@ -68,12 +70,15 @@ class ColdTier:
         group = group_size_for(head_dim)
         return mx.dequantize(w, scales, biases, group_size=group, bits=self.bits).astype(self.dtype)
 
-    def rebuild(self, slots: np.ndarray, hot0: int, hot: dict[str, mx.array]) -> None:
+    def rebuild(self, slots: np.ndarray, hot0: int, hot: dict[str, mx.array], key_shift: np.ndarray | None = None,
+                rotate: Callable[[mx.array, mx.array], mx.array] | None = None) -> None:
         """Make the tier hold, in order, the tokens at `slots` (H, n) of the old
         slot space, where slots below `hot0` were this tier's and slot s >= hot0
         is row s - hot0 of each field's hot rows in `hot`. Rows already cold are
         gathered as they are; only the others are quantized (a rectangle of
-        the most any head needs, padded with row 0)."""
+        the most any head needs, padded with row 0). `key_shift` (H, n): the
+        RoPE shift each key row is owed, applied with `rotate(rows, shifts)`:
+        before quantizing a new row; a row already cold owed one is re-stamped."""
         self.dtype = next(iter(hot.values())).dtype
         H, n = slots.shape
         if n == 0:
@@ -90,12 +95,22 @@ class ColdTier:
             fresh_rows = np.zeros((H, m), np.int32)
             fresh_rows[heads, rank[heads, cols]] = slots[heads, cols] - hot0
             fresh_idx = mx.array(fresh_rows)[None, :, :, None]
+        shifted = key_shift is not None and bool(key_shift.any())
+        if shifted and m:
+            fresh_shift = np.zeros((H, m), np.int32)
+            fresh_shift[heads, rank[heads, cols]] = key_shift[heads, cols]
         rows = {}
         for name, hot_rows in hot.items():
             parts = [self.rows[name]] if old_size else []
             if m:
-                parts.append(self.quantize(mx.take_along_axis(hot_rows, fresh_idx, axis=2)))
+                new = mx.take_along_axis(hot_rows, fresh_idx, axis=2)
+                if shifted and name == "keys":
+                    new = rotate(new.astype(mx.float32), mx.array(fresh_shift)).astype(new.dtype)
+                parts.append(self.quantize(new))
             rows[name] = _gather_rows(parts, idx)
+        if shifted and (key_shift[~fresh] != 0).any():
+            old_shift = mx.array(np.where(fresh, 0, key_shift).astype(np.int32))
+            rows["keys"] = self.quantize(rotate(self._dequantize(rows["keys"]).astype(mx.float32), old_shift).astype(self.dtype))
         self.rows = rows
 
 

@@ -41,7 +41,7 @@ from mlx_kv.heap.recovery import RecoveryStore, lost_note
 from mlx_kv.heap.slots import SlotTable, slot_bytes
 from mlx_kv.policies import POLICIES, Policy, SlotView
 from mlx_kv.policies.base import mean_attention
-from mlx_kv.positions import CacheShifts, check_rope, key_shifts
+from mlx_kv.positions import CacheShifts, check_rope, key_shifts, shift_keys
 
 _STEP = 256
 COUNTERS = ("evictions", "promotions", "demotions", "compactions", "collections", "ranked", "recalls")  # saved
@@ -184,7 +184,8 @@ class HeapKVCache(_BaseCache):
         dead_bias = self.slots.bias[:, : self.end] if self._live < self.end else None
         if self._hidden is not None:
             dead_bias = self._hidden_bias(dead_bias)
-        keys = self.shifts.keys(self.rope, self.slots, keys, self.end, self._query_base - (self._live - n_new))
+        base = self._query_base - (self._live - n_new)
+        keys = self.shifts.keys(self.rope, self.slots, keys, self.end, base)
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
@@ -194,9 +195,8 @@ class HeapKVCache(_BaseCache):
         scored = not (blind or (n_new == 1 and self.calls % self.score_every))
         sample = (scored or blind) and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
         weights = count = last_row = None
-        if n_new == 1 and self.slots.hot0 and self.position_mode == "absolute":
-            # (positions="cache" owes each cold key its own RoPE shift, so it attends the dequantized tier)
-            out, weights, count, last_row = self._attend_packed_cold(queries, scale, dead_bias, scored, sample)
+        if n_new == 1 and self.slots.hot0:
+            out, weights, count, last_row = self._attend_packed_cold(queries, scale, dead_bias, scored, sample, base)
         elif not scored:
             out = masked_attention(queries, keys, values, scale, dead_bias)
             if sample:
@@ -334,14 +334,17 @@ class HeapKVCache(_BaseCache):
         extra = mx.array(np.where(hide, -np.inf, 0.0).astype(np.float32))
         return extra if bias is None else bias + extra
 
-    def _attend_packed_cold(self, queries, scale, dead_bias, scored, sample):
-        """A decode token over the cold tier's packed rows and the hot slots (attention.packed_cold_attention)."""
-        slots, cold = self.slots, self.slots.cold
+    def _attend_packed_cold(self, queries, scale, dead_bias, scored, sample, base):
+        """A decode token over the cold tier's packed rows and the hot slots
+        (attention.packed_cold_attention); positions="cache" rotates the
+        queries for the packed keys instead of the keys (mlx_kv.positions)."""
+        slots, cold, shifts = self.slots, self.slots.cold, self.shifts
         head_dim = slots.keys.shape[-1]
+        hot_keys = shifts.hot_keys(self.rope, slots, slots.used("keys", self.end), self.end, base)
         return packed_cold_attention(
-            queries, cold.rows["keys"], cold.rows["values"], slots.used("keys", self.end), slots.used("values", self.end),
+            queries, cold.rows["keys"], cold.rows["values"], hot_keys, slots.used("values", self.end),
             scale, bits=cold.bits, group_size=group_size_for(head_dim), dead_bias=dead_bias, scored=scored,
-            keep_last_row=sample)
+            keep_last_row=sample, cold_queries=shifts.cold_queries(self.rope, slots, queries, base))
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
         # `attend` builds its own masks; this serves code that bypasses the hook.
@@ -740,8 +743,10 @@ class HeapKVCache(_BaseCache):
         order, n_cold = compaction_order(
             self.slots.positions[:, :end], self.slots.tenured[:, :end], live=live, cold=self.slots.cold is not None,
             offset=self.tokens_seen, sinks=self.sinks, window=self.window)
-        self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end)
+        stamp = self.shifts.cold_stamp(self.slots, order, n_cold, end)
+        self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end, stamp, partial(shift_keys, self.rope))
         self._free = []
+        self.shifts.stamped(self.slots, stamp)
         self.shifts.invalidate()
         self.end = live
         self.compactions += 1

@@ -228,9 +228,11 @@ class SlotTable:
         return cold + sum(getattr(self, f.name).nbytes for f in self.fields)
 
     # ------------------------------------------------------------ compaction
-    def take(self, order: np.ndarray, n_cold: int, capacity: int, end: int) -> None:
+    def take(self, order: np.ndarray, n_cold: int, capacity: int, end: int, key_shift: np.ndarray | None = None,
+             rotate: Callable[[mx.array, mx.array], mx.array] | None = None) -> None:
         """Keep the slots `order` (H, n) of [0, end), in that order per head,
-        the first n_cold of each head in the cold tier; room for `capacity`."""
+        the first n_cold of each head in the cold tier (its keys rotated by
+        `key_shift`, see ColdTier.rebuild); room for `capacity`."""
         cold = [f for f in self.fields if f.cold]
         hot = {f.name: self.used(f.name, end) for f in cold}
         hot_order = order[:, n_cold:]
@@ -239,7 +241,7 @@ class SlotTable:
         else:
             sources, hot_order = hot, hot_order - self.hot0
         if self.cold is not None:
-            self.cold.rebuild(order[:, :n_cold], self.hot0, hot)
+            self.cold.rebuild(order[:, :n_cold], self.hot0, hot, key_shift, rotate)
         index = (order, mx.array(order.astype(np.int32)), np.arange(self.n_heads)[:, None])
         hot_index = (hot_order, mx.array(hot_order.astype(np.int32)), None)
         for f in self.fields:
