@@ -9,6 +9,7 @@ def test_variants_map_to_heap_settings():
     assert parse_policy("h2o") == ("h2o", {})
     assert parse_policy("h2o+q4") == ("h2o", {"cold_bits": 4})
     assert parse_policy("tova+q8+noise0.05") == ("tova", {"cold_bits": 8, "rank_noise": 0.05})
+    assert parse_policy("h2o+q4+cache") == ("h2o", {"cold_bits": 4, "positions": "cache"})
     assert parse_policy("surprise+alpha=1+signal=entropy") == (
         "surprise", {"policy_args": {"alpha": 1.0, "signal": "entropy"}})
 

@@ -6,6 +6,7 @@ intermediate tier at 4 / 8 bits, `h2o+pyramid` / `h2o+entropy` split the
 total budget across layers (`h2o+retrieval` across KV heads, by their profiled retrieval scores), `h2o+noise0.05` ranks with that much rank_noise, `h2o+every4` scores
 one decode step in four (the others use the fused kernel), `h2o+recover` spills
 evicted tokens to the recovery tier (1 GB of disk, 10^9 bytes) for a question to recall,
+`h2o+cache` numbers positions within the cache (positions="cache", as long streams do),
 `surprise+alpha=1` passes a policy argument.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from mlx_kv.config import PROFILED, HeapConfig
 
 RECOVERY_ALLOWANCE = "1GB"
-VARIANTS = "+q4, +q8, +pyramid, +entropy, +adaptive, +headwise, +retrieval, +recover, +everyN, +noiseX or +arg=value"
+VARIANTS = "+q4, +q8, +cache, +pyramid, +entropy, +adaptive, +headwise, +retrieval, +recover, +everyN, +noiseX or +arg=value"
 
 
 def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
@@ -27,6 +28,8 @@ def parse_policy(policy: str) -> tuple[str, dict[str, Any]]:
     for variant in variants:
         if variant in ("q4", "q8"):
             settings["cold_bits"] = int(variant[1:])
+        elif variant == "cache":  # positions within the cache (StreamingLLM's numbering), as `bench stream` uses
+            settings["positions"] = "cache"
         elif variant == "recover":  # the recovery tier: evicted tokens spill to disk, a question recalls pages
             settings["recovery"] = RECOVERY_ALLOWANCE
         elif variant in ("pyramid", "entropy", "adaptive", "headwise", "retrieval"):  # how the same total is split
