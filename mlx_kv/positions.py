@@ -6,8 +6,13 @@ order (StreamingLLM's "positions within the cache"): mlx-lm rotates new
 tokens at `cache.offset` (the kept count), and keys whose rank dropped after
 evictions are rotated by the difference, llama.cpp-style. The shift is
 always applied to the key as it was first stored, never to an already
-shifted copy, so rounding does not accumulate; it is computed on the fly
-in `attend`, so the heap keeps no second copy of the keys.
+shifted copy, so rounding does not accumulate. The shifted keys are
+computed in `attend` and kept until the shifts change (the next
+collection): rotating every kept key costs a cosine and a sine per
+channel pair, ~8 ms per layer at 2k keys on this CPU, far more than the
+decode step's attention, so recomputing them per token made a 30-layer
+model decode at half KVCache's speed at 8k. The copy costs the keys'
+bytes again while shifts are owed, and is counted in `nbytes`.
 
 RoPE is a rotation linear in the position, so R(a + d) k = R(d) R(a) k for
 the model's own rope object (plain, linear-scaled or Llama-3 frequencies).
@@ -108,6 +113,7 @@ class CacheShifts(AbsoluteShifts):
     def __init__(self, cold_drift: int | None = None) -> None:
         self._shift: mx.array | None = None
         self._nonzero = False
+        self._rotated: tuple[int, mx.array] | None = None  # (first slot, keys of slots [first, ...) at their shift)
         self._cold_shift: mx.array | None = None  # (H,) what a head's queries are rotated back by for its cold keys
         self.cold_drift = COLD_DRIFT if cold_drift is None else cold_drift
         self.restamps = 0
@@ -119,17 +125,18 @@ class CacheShifts(AbsoluteShifts):
         slots.rot[:, start:stop] = query_base + steps
         slots.rank[:, start:stop] = live + steps
         if live != query_base:
-            self._shift = None  # a shift is now owed; rebuild before attention
+            self._drop()  # a shift is now owed; rebuild before attention
         elif self._shift is not None:
-            self._shift[:, start:stop] = 0
+            self._shift[:, start:stop] = 0  # (the rotated keys grow by these as they are)
 
     def stamp_slots(self, slots: "SlotTable", where: np.ndarray, query_base: int, live: int) -> None:
         """One new token in slot where[h] of each head h."""
         heads = np.arange(len(where))
         slots.rot[heads, where] = query_base
         slots.rank[heads, where] = live
+        self._rotated = None  # a dead slot's rotated key is stale now
         if live != query_base:
-            self._shift = None
+            self._drop()
         elif self._shift is not None:
             self._shift[mx.array(heads), mx.array(where)] = 0
 
@@ -138,10 +145,13 @@ class CacheShifts(AbsoluteShifts):
         if not slots.allocated:
             return
         slots.rank[:, :end] = ranks(slots.positions[:, :end])
-        self._shift = None
+        self._drop()
 
     def invalidate(self) -> None:
-        self._shift = None
+        self._drop()
+
+    def _drop(self) -> None:
+        self._shift, self._rotated = None, None
 
     def _owed(self, slots: "SlotTable") -> mx.array:
         if self._shift is None:
@@ -158,17 +168,28 @@ class CacheShifts(AbsoluteShifts):
         the queries were rotated relative to the kept count)."""
         if rope is None:
             raise ValueError("positions: 'cache' needs the model's rope; build the heap with make_heap_cache(model, ...)")
-        shift = self._owed(slots)
-        if base == 0 and not self._nonzero:
-            return keys
-        return shift_keys(rope, keys, shift[:, :end] + base)
+        return self._shifted(rope, slots, keys, 0, end, base)
 
     def hot_keys(self, rope: Any, slots: "SlotTable", keys: mx.array, end: int, base: int) -> mx.array:
         """The keys of slots [hot0, end) (the tier's packed rows aside) rotated as `keys` rotates them."""
+        return self._shifted(rope, slots, keys, slots.hot0, end, base)
+
+    def _shifted(self, rope: Any, slots: "SlotTable", keys: mx.array, start: int, end: int, base: int) -> mx.array:
+        """Slots [start, end) of the keys (`keys` holds just those) at their shift plus `base`."""
         shift = self._owed(slots)
         if base == 0 and not self._nonzero:
             return keys
-        return shift_keys(rope, keys, shift[:, slots.hot0: end] + base)
+        if base:  # (a chunk just after a collection: rare, not kept)
+            return shift_keys(rope, keys, shift[:, start:end] + base)
+        if self._rotated is None or self._rotated[0] != start:
+            rotated = shift_keys(rope, keys, shift[:, start:end])
+        else:  # slots appended since were stamped at no shift (stamp_range), and end only grows until a drop
+            rotated = self._rotated[1]
+            have = rotated.shape[2]
+            rotated = rotated[:, :, : end - start] if have >= end - start else \
+                mx.concatenate([rotated, keys[:, :, have:]], axis=2)
+        self._rotated = (start, rotated)
+        return rotated
 
     def cold_queries(self, rope: Any, slots: "SlotTable", queries: mx.array, base: int) -> mx.array:
         """A decode token's queries (1, Hq, 1, D) rotated back, per KV head, by
@@ -202,10 +223,11 @@ class CacheShifts(AbsoluteShifts):
         """After the compaction that applied `stamp`: the cold keys were rotated by it."""
         if stamp is not None:
             slots.rot[:, : stamp.shape[1]] += stamp
-        self._shift = None
+        self._drop()
 
     def nbytes(self, slots: "SlotTable") -> int:
-        return self.slot_bytes * slots.n_heads * slots.capacity
+        rotated = self._rotated[1].nbytes if self._rotated is not None else 0
+        return self.slot_bytes * slots.n_heads * slots.capacity + rotated
 
 
 def key_shifts(mode: str) -> AbsoluteShifts:

@@ -38,17 +38,19 @@ def reference(rope, q_raw, k_raw, v, kept, q_ranks, scale):
                                                   {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
                                                    "original_max_position_embeddings": 64, "rope_type": "llama3"}, 4096)],
                          ids=["plain", "llama3"])
-def test_cache_positions_match_attention_recomputed_from_scratch(rope):
+@pytest.mark.parametrize("settings", [{}, {"collect_batch": 4, "compact_threshold": 0.9}],
+                         ids=["compacting", "reusing-dead-slots"])
+def test_cache_positions_match_attention_recomputed_from_scratch(rope, settings):
     rng = np.random.default_rng(0)
     T = 120
     k_raw = rng.normal(size=(T, H, D)).astype(np.float32)
     v = rng.normal(size=(T, H, D)).astype(np.float32)
     q_all = rng.normal(size=(T, H, G, D)).astype(np.float32)
-    layer = HeapKVCache(24, sinks=2, window=4, policy=H2O(), positions="cache", rope=rope)
+    layer = HeapKVCache(24, sinks=2, window=4, policy=H2O(), positions="cache", rope=rope, **settings)
     scale = D ** -0.5
-    t = 0
+    t = reused = 0
     for n_new in [30] + [1] * 50 + [16] + [1] * 24:
-        off = layer.offset
+        off, end_before = layer.offset, layer.end
         q = rope(mx.array(q_all[t:t + n_new].transpose(1, 2, 0, 3).reshape(1, H * G, n_new, D)), offset=off)
         k = rope(mx.array(k_raw[t:t + n_new].transpose(1, 0, 2)[None]), offset=off)
         vv = mx.array(v[t:t + n_new].transpose(1, 0, 2)[None])
@@ -61,8 +63,10 @@ def test_cache_positions_match_attention_recomputed_from_scratch(rope):
                              .reshape(n_new, H, G, D), k_raw, v, kept, q_ranks, scale)
         np.testing.assert_allclose(out[0], expected, atol=2e-4, rtol=1e-3)
         assert layer.offset == layer.live <= 24
+        reused += n_new == 1 and layer.end == end_before
         t += n_new
     assert layer.evictions > 0 and layer.tokens_seen == T
+    assert (reused > 10) == bool(settings)  # decode tokens landed in dead slots
 
 
 def test_cache_positions_keep_rope_offsets_inside_the_budget_in_a_real_model():

@@ -185,7 +185,9 @@ class HeapKVCache(_BaseCache):
         if self._hidden is not None:
             dead_bias = self._hidden_bias(dead_bias)
         base = self._query_base - (self._live - n_new)
-        keys = self.shifts.keys(self.rope, self.slots, keys, self.end, base)
+        packed = n_new == 1 and self.slots.hot0 and self._replay is None
+        if not packed:  # (the packed path rotates the hot keys only)
+            keys = self.shifts.keys(self.rope, self.slots, keys, self.end, base)
         policy = self.policy
         if self._replay is not None:
             return self._attend_replay(queries, keys, values, scale, dead_bias, first)
@@ -195,7 +197,7 @@ class HeapKVCache(_BaseCache):
         scored = not (blind or (n_new == 1 and self.calls % self.score_every))
         sample = (scored or blind) and self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0
         weights = count = last_row = None
-        if n_new == 1 and self.slots.hot0:
+        if packed:
             out, weights, count, last_row = self._attend_packed_cold(queries, scale, dead_bias, scored, sample, base)
         elif not scored:
             out = masked_attention(queries, keys, values, scale, dead_bias)
