@@ -12,7 +12,7 @@ collection): rotating every kept key costs a cosine and a sine per
 channel pair, ~8 ms per layer at 2k keys on this CPU, far more than the
 decode step's attention, so recomputing them per token made a 30-layer
 model decode at half KVCache's speed at 8k. The copy costs the keys'
-bytes again while shifts are owed, and is counted in `nbytes`.
+bytes again, and is counted in `nbytes` and the budgets in bytes.
 
 RoPE is a rotation linear in the position, so R(a + d) k = R(d) R(a) k for
 the model's own rope object (plain, linear-scaled or Llama-3 frequencies).
@@ -225,9 +225,13 @@ class CacheShifts(AbsoluteShifts):
             slots.rot[:, : stamp.shape[1]] += stamp
         self._drop()
 
+    @classmethod
+    def bytes_per_slot(cls, head_dim: int, itemsize: int) -> int:
+        """The shift and the shifted key kept between collections, counted whether built or not."""
+        return cls.slot_bytes + head_dim * itemsize
+
     def nbytes(self, slots: "SlotTable") -> int:
-        rotated = self._rotated[1].nbytes if self._rotated is not None else 0
-        return self.slot_bytes * slots.n_heads * slots.capacity + rotated
+        return self.bytes_per_slot(slots.keys.shape[-1], slots.keys.dtype.size) * slots.n_heads * slots.capacity
 
 
 def key_shifts(mode: str) -> AbsoluteShifts:

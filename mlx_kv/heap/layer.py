@@ -486,7 +486,7 @@ class HeapKVCache(_BaseCache):
     @staticmethod
     def slot_bytes(head_dim: int, itemsize: int, positions: str = "absolute") -> int:
         """Bytes one slot of one KV head costs, everything counted (see nbytes)."""
-        return slot_bytes(head_dim, itemsize) + (CacheShifts.slot_bytes if positions == "cache" else 0)
+        return slot_bytes(head_dim, itemsize) + (CacheShifts.bytes_per_slot(head_dim, itemsize) if positions == "cache" else 0)
 
     def set_token_info(self, start: int, surprisal: np.ndarray, entropy: np.ndarray) -> None:
         """Information signals for the tokens at positions start.. (see mlx_kv.information)."""
