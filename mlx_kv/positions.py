@@ -93,7 +93,7 @@ class AbsoluteShifts:
     def cold_queries(self, rope: Any, slots: "SlotTable", queries: mx.array, base: int) -> mx.array:
         return queries
 
-    def cold_stamp(self, slots: "SlotTable", order: np.ndarray, n_cold: int, end: int) -> np.ndarray | None:
+    def cold_stamp(self, slots: "SlotTable", order: np.ndarray, n_cold: int) -> np.ndarray | None:
         return None
 
     def stamped(self, slots: "SlotTable", stamp: np.ndarray | None) -> None:
@@ -200,16 +200,17 @@ class CacheShifts(AbsoluteShifts):
         _, n_q, S, D = queries.shape
         return rope(queries.reshape(H, n_q // H, S, D), offset=-shift).reshape(queries.shape)
 
-    def cold_stamp(self, slots: "SlotTable", order: np.ndarray, n_cold: int, end: int) -> np.ndarray | None:
-        """(H, n_cold) the RoPE shift each key going cold (slots order[:, :n_cold]
-        of [0, end)) is owed, which the cold tier applies as it quantizes: new
-        cold keys' in full, already cold keys' only once any head's have
+    def cold_stamp(self, slots: "SlotTable", order: np.ndarray, n_cold: int) -> np.ndarray | None:
+        """(H, n_cold) the RoPE shift each key going cold (slots order[:, :n_cold])
+        is owed (its rank, kept current by the stamps and `refresh`, less
+        where it was rotated), which the cold tier applies as it quantizes:
+        new cold keys' in full, already cold keys' only once any head's have
         spread past twice `cold_drift` (every one of them then re-stamped)."""
         if slots.cold is None or not n_cold:
             return None
         cold = order[:, :n_cold]
         heads = np.arange(len(cold))[:, None]
-        owed = ranks(slots.positions[:, :end])[heads, cold] - slots.rot[heads, cold]
+        owed = slots.rank[heads, cold] - slots.rot[heads, cold]
         old = cold < slots.hot0
         lo = np.where(old, owed, owed.max()).min(axis=1)
         hi = np.where(old, owed, owed.min()).max(axis=1)
@@ -220,10 +221,10 @@ class CacheShifts(AbsoluteShifts):
         return owed.astype(np.int32)
 
     def stamped(self, slots: "SlotTable", stamp: np.ndarray | None) -> None:
-        """After the compaction that applied `stamp`: the cold keys were rotated by it."""
+        """After the compaction that applied `stamp`: the cold keys were rotated
+        by it (the compaction's `invalidate` drops the shifts built before)."""
         if stamp is not None:
             slots.rot[:, : stamp.shape[1]] += stamp
-        self._drop()
 
     @classmethod
     def bytes_per_slot(cls, head_dim: int, itemsize: int) -> int:

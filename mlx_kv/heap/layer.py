@@ -745,7 +745,7 @@ class HeapKVCache(_BaseCache):
         order, n_cold = compaction_order(
             self.slots.positions[:, :end], self.slots.tenured[:, :end], live=live, cold=self.slots.cold is not None,
             offset=self.tokens_seen, sinks=self.sinks, window=self.window)
-        stamp = self.shifts.cold_stamp(self.slots, order, n_cold, end)
+        stamp = self.shifts.cold_stamp(self.slots, order, n_cold)
         self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end, stamp, partial(shift_keys, self.rope))
         self._free = []
         self.shifts.stamped(self.slots, stamp)
