@@ -549,7 +549,6 @@ class MlxKvApp(App):
         await chat.clear_messages()
         self._queued.clear()
         self._announced.clear()
-        self.conversation = message.name
         if message.name is None:
             await chat.add_line("new conversation (it is saved after the first message; F3 lists the saved ones)")
         else:
@@ -576,6 +575,7 @@ class MlxKvApp(App):
             elif role == "document":
                 partial = " (partial)" if turn.get("partial") else ""
                 await chat.add_line(f"document {turn.get('source', '')}: {len(content):,} characters{partial}")
+        self.conversation = message.name  # only once its turns are on screen: a reader of it sees them
         self._refresh_title()
 
     @ui_handler
