@@ -116,21 +116,24 @@ class CacheShifts(AbsoluteShifts):
     def __init__(self, cold_drift: int | None = None) -> None:
         self._shift: mx.array | None = None
         self._nonzero = False
-        self._rotated: tuple[int, mx.array, int] | None = None  # (first slot, keys of slots [first, capacity), how many hold theirs)
+        self._rotated: tuple[int, int, mx.array, int] | None = None  # (first slot, base, keys of slots [first, capacity) at shift + base, how many hold theirs)
         self._cold_shift: mx.array | None = None  # (H,) what a head's queries are rotated back by for its cold keys
         self.cold_drift = COLD_DRIFT if cold_drift is None else cold_drift
         self.restamps = 0
 
     def stamp_range(self, slots: "SlotTable", start: int, stop: int, query_base: int, live: int) -> None:
         """New tokens rank right after the kept ones; mlx-lm rotated them at
-        the query base, which differs from their rank only just after a collection."""
+        the query base, which differs from their rank just after a collection
+        and, in a layer split per head (mlx_kv.heap.headwise), in every head
+        that keeps another count than the first: those are owed the
+        difference at every step, so it is written, not rebuilt."""
         steps = np.arange(stop - start)
         slots.rot[:, start:stop] = query_base + steps
         slots.rank[:, start:stop] = live + steps
-        if live != query_base:
-            self._drop()  # a shift is now owed; rebuild before attention
-        elif self._shift is not None:
-            self._shift[:, start:stop] = 0  # (the rotated keys grow by these as they are)
+        owed = live - query_base
+        if self._shift is not None:
+            self._shift[:, start:stop] = owed
+            self._nonzero = self._nonzero or owed != 0
 
     def stamp_slots(self, slots: "SlotTable", where: np.ndarray, query_base: int, live: int) -> None:
         """One new token in slot where[h] of each head h."""
@@ -182,21 +185,21 @@ class CacheShifts(AbsoluteShifts):
         shift = self._owed(slots)
         if base == 0 and not self._nonzero:
             return keys
-        if base:  # (a chunk just after a collection: rare, not kept)
-            return shift_keys(rope, keys, shift[:, start:end] + base)
         n = end - start
-        if self._rotated is None or self._rotated[0] != start or n > self._rotated[1].shape[2]:
+        kept = self._rotated
+        if kept is None or kept[0] != start or kept[1] != base or n > kept[2].shape[2]:
             # the copy spans every slot from `start` to the capacity, so the
             # tokens appended until the next drop are written into it in place
-            rotated = shift_keys(rope, keys, shift[:, start:end])
+            # (a token's own call attends it at the base that cancels its shift)
+            rotated = shift_keys(rope, keys, shift[:, start:end] + base)
             room = max(n, slots.capacity - start) - n
             buffer = mx.concatenate([rotated, mx.zeros(rotated.shape[:2] + (room, rotated.shape[3]), rotated.dtype)],
                                     axis=2) if room else rotated
-        else:  # slots appended since were stamped at no shift (stamp_range), and end only grows until a drop
-            _, buffer, have = self._rotated
+        else:  # slots appended since were stamped at the shift this base cancels (their calls had this base)
+            _, _, buffer, have = kept
             if n > have:
                 buffer[:, :, have:n] = keys[:, :, have:n]
-        self._rotated = (start, buffer, n)
+        self._rotated = (start, base, buffer, n)
         return buffer[:, :, :n]
 
     def cold_queries(self, rope: Any, slots: "SlotTable", queries: mx.array, base: int) -> mx.array:

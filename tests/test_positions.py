@@ -8,6 +8,7 @@ from mlx_lm.models.rope_utils import initialize_rope
 
 from conftest import build_model
 from mlx_kv import HeapConfig, make_heap_cache, uninstall
+from mlx_kv.heap.headwise import HeadwiseKVCache
 from mlx_kv.heap.layer import HeapKVCache
 from mlx_kv.policies import H2O
 
@@ -67,6 +68,51 @@ def test_cache_positions_match_attention_recomputed_from_scratch(rope, settings)
         t += n_new
     assert layer.evictions > 0 and layer.tokens_seen == T
     assert (reused > 10) == bool(settings)  # decode tokens landed in dead slots
+
+
+def test_heads_keeping_different_counts_each_attend_as_if_numbering_their_own_cache():
+    """A layer split per head: mlx-lm rotates every head's query and keys at
+    the first head's count, so the others owe their keys the difference at
+    every step (kept between collections, not rebuilt per token)."""
+    rope = nn.RoPE(D, base=10000.0)
+    rng = np.random.default_rng(1)
+    T = 110
+    k_raw = rng.normal(size=(T, H, D)).astype(np.float32)
+    v = rng.normal(size=(T, H, D)).astype(np.float32)
+    q_all = rng.normal(size=(T, H, G, D)).astype(np.float32)
+    heads = [HeapKVCache(budget, sinks=2, window=4, policy=H2O(), positions="cache", rope=rope, collect_batch=3)
+             for budget in (24, 15)]
+    layer = HeadwiseKVCache(heads)
+    scale, t, differed = D ** -0.5, 0, 0
+    for n_new in [30] + [1] * 50 + [8] + [1] * 22:
+        off = layer.offset
+        q = rope(mx.array(q_all[t:t + n_new].transpose(1, 2, 0, 3).reshape(1, H * G, n_new, D)), offset=off)
+        k = rope(mx.array(k_raw[t:t + n_new].transpose(1, 0, 2)[None]), offset=off)
+        keys, values = layer.update_and_fetch(k, mx.array(v[t:t + n_new].transpose(1, 0, 2)[None]))
+        held = [head.kept_positions()[0] for head in heads]
+        out = np.array(layer.attend(q, keys, values, scale=scale))[0].reshape(H, G, n_new, D)
+        for h, kept in enumerate(held):
+            n = len(kept)
+            q_h = q_all[t:t + n_new, h:h + 1]  # (n_new, 1, G, D)
+            expected = reference_head(rope, q_h, k_raw[:, h:h + 1], v[:, h:h + 1], kept, np.arange(n - n_new, n), scale)
+            np.testing.assert_allclose(out[h], expected, atol=2e-4, rtol=1e-3)
+        differed += len(held[0]) != len(held[1])
+        t += n_new
+    assert differed > 50 and all(head.evictions > 0 for head in heads)
+
+
+def reference_head(rope, q_raw, k_raw, v, kept, q_ranks, scale):
+    """`reference` for one KV head: (G, S, D)."""
+    keys = rope(mx.array(k_raw[kept, 0])[None, None], offset=0)[0, 0]
+    rows = []
+    for i, r in enumerate(q_ranks):
+        q = rope(mx.array(q_raw[i, 0])[None, :, None, :], offset=int(r))[0, :, 0]
+        logits = np.array(q @ keys.T) * scale
+        logits[:, np.arange(len(kept)) > r] = -np.inf
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        rows.append(w @ v[kept, 0])
+    return np.stack(rows, 1)
 
 
 def test_cache_positions_keep_rope_offsets_inside_the_budget_in_a_real_model():
