@@ -32,7 +32,7 @@ positions (Self-Extend, Jin et al. 2024, groups them by floor division).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mlx.core as mx
 import numpy as np
@@ -106,6 +106,15 @@ class AbsoluteShifts:
         return 0
 
 
+class _Rotated(NamedTuple):
+    """The shifted keys positions="cache" keeps between collections."""
+
+    start: int  # the first slot they cover (the cold tier's packed rows aside)
+    base: int  # the query base they are rotated for: each key at its shift plus this
+    keys: mx.array  # (1, H, capacity - start, D)
+    held: int  # how many of its rows hold their key now
+
+
 class CacheShifts(AbsoluteShifts):
     """positions="cache": what each stored key is owed, kept on the device as
     one (H, capacity) int32 array, rebuilt lazily from the slot table's `rot`
@@ -116,7 +125,7 @@ class CacheShifts(AbsoluteShifts):
     def __init__(self, cold_drift: int | None = None) -> None:
         self._shift: mx.array | None = None
         self._nonzero = False
-        self._rotated: tuple[int, int, mx.array, int] | None = None  # (first slot, base, keys of slots [first, capacity) at shift + base, how many hold theirs)
+        self._rotated: _Rotated | None = None
         self._cold_shift: mx.array | None = None  # (H,) what a head's queries are rotated back by for its cold keys
         self.cold_drift = COLD_DRIFT if cold_drift is None else cold_drift
         self.restamps = 0
@@ -130,10 +139,7 @@ class CacheShifts(AbsoluteShifts):
         steps = np.arange(stop - start)
         slots.rot[:, start:stop] = query_base + steps
         slots.rank[:, start:stop] = live + steps
-        owed = live - query_base
-        if self._shift is not None:
-            self._shift[:, start:stop] = owed
-            self._nonzero = self._nonzero or owed != 0
+        self._owe((slice(None), slice(start, stop)), live - query_base)
 
     def stamp_slots(self, slots: "SlotTable", where: np.ndarray, query_base: int, live: int) -> None:
         """One new token in slot where[h] of each head h."""
@@ -141,10 +147,14 @@ class CacheShifts(AbsoluteShifts):
         slots.rot[heads, where] = query_base
         slots.rank[heads, where] = live
         self._rotated = None  # a dead slot's rotated key is stale now
-        if live != query_base:
-            self._drop()
-        elif self._shift is not None:
-            self._shift[mx.array(heads), mx.array(where)] = 0
+        self._owe((mx.array(heads), mx.array(where)), live - query_base)
+
+    def _owe(self, index: tuple, owed: int) -> None:
+        """New tokens at `index` of the shift array are owed `owed` (their rank
+        less where mlx-lm rotated them): written in, not rebuilt."""
+        if self._shift is not None:
+            self._shift[index] = owed
+            self._nonzero = self._nonzero or owed != 0
 
     def refresh(self, slots: "SlotTable", end: int) -> None:
         """After evictions every survivor's rank may drop: it is owed the difference."""
@@ -187,7 +197,7 @@ class CacheShifts(AbsoluteShifts):
             return keys
         n = end - start
         kept = self._rotated
-        if kept is None or kept[0] != start or kept[1] != base or n > kept[2].shape[2]:
+        if kept is None or kept.start != start or kept.base != base or n > kept.keys.shape[2]:
             # the copy spans every slot from `start` to the capacity, so the
             # tokens appended until the next drop are written into it in place
             # (a token's own call attends it at the base that cancels its shift)
@@ -196,10 +206,10 @@ class CacheShifts(AbsoluteShifts):
             buffer = mx.concatenate([rotated, mx.zeros(rotated.shape[:2] + (room, rotated.shape[3]), rotated.dtype)],
                                     axis=2) if room else rotated
         else:  # slots appended since were stamped at the shift this base cancels (their calls had this base)
-            _, _, buffer, have = kept
+            buffer, have = kept.keys, kept.held
             if n > have:
                 buffer[:, :, have:n] = keys[:, :, have:n]
-        self._rotated = (start, base, buffer, n)
+        self._rotated = _Rotated(start, base, buffer, n)
         return buffer[:, :, :n]
 
     def cold_queries(self, rope: Any, slots: "SlotTable", queries: mx.array, base: int) -> mx.array:
