@@ -17,21 +17,23 @@ H, G, D = 2, 2, 16
 
 def reference(rope, q_raw, k_raw, v, kept, q_ranks, scale):
     """softmax over the kept tokens, each rotated at its rank in the cache."""
-    outs = []
-    for h in range(H):
-        pos = kept[h]
-        keys = rope(mx.array(k_raw[pos, h])[None, None], offset=0)[0, 0]  # ranks 0..n-1
-        vals = v[pos, h]
-        rows = []
-        for i, r in enumerate(q_ranks):
-            q = rope(mx.array(q_raw[i, h])[None, :, None, :], offset=int(r))[0, :, 0]  # (G, D)
-            logits = np.array(q @ keys.T) * scale
-            logits[:, np.arange(len(pos)) > r] = -np.inf  # causal within a chunk
-            w = np.exp(logits - logits.max(-1, keepdims=True))
-            w /= w.sum(-1, keepdims=True)
-            rows.append(w @ vals)
-        outs.append(np.stack(rows, 1))  # (G, S, D)
+    outs = [reference_head(rope, q_raw[:, h:h + 1], k_raw[:, h:h + 1], v[:, h:h + 1], kept[h], q_ranks, scale)
+            for h in range(H)]
     return np.stack(outs).reshape(H * G, len(q_ranks), D)
+
+
+def reference_head(rope, q_raw, k_raw, v, kept, q_ranks, scale):
+    """`reference` for one KV head (q_raw (S, 1, G, D), k_raw and v (T, 1, D)): (G, S, D)."""
+    keys = rope(mx.array(k_raw[kept, 0])[None, None], offset=0)[0, 0]  # ranks 0..n-1
+    rows = []
+    for i, r in enumerate(q_ranks):
+        q = rope(mx.array(q_raw[i, 0])[None, :, None, :], offset=int(r))[0, :, 0]  # (G, D)
+        logits = np.array(q @ keys.T) * scale
+        logits[:, np.arange(len(kept)) > r] = -np.inf  # causal within a chunk
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        rows.append(w @ v[kept, 0])
+    return np.stack(rows, 1)
 
 
 @pytest.mark.parametrize("rope", [nn.RoPE(D, base=10000.0),
@@ -99,20 +101,6 @@ def test_heads_keeping_different_counts_each_attend_as_if_numbering_their_own_ca
         differed += len(held[0]) != len(held[1])
         t += n_new
     assert differed > 50 and all(head.evictions > 0 for head in heads)
-
-
-def reference_head(rope, q_raw, k_raw, v, kept, q_ranks, scale):
-    """`reference` for one KV head: (G, S, D)."""
-    keys = rope(mx.array(k_raw[kept, 0])[None, None], offset=0)[0, 0]
-    rows = []
-    for i, r in enumerate(q_ranks):
-        q = rope(mx.array(q_raw[i, 0])[None, :, None, :], offset=int(r))[0, :, 0]
-        logits = np.array(q @ keys.T) * scale
-        logits[:, np.arange(len(kept)) > r] = -np.inf
-        w = np.exp(logits - logits.max(-1, keepdims=True))
-        w /= w.sum(-1, keepdims=True)
-        rows.append(w @ v[kept, 0])
-    return np.stack(rows, 1)
 
 
 def test_cache_positions_keep_rope_offsets_inside_the_budget_in_a_real_model():
