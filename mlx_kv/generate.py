@@ -147,17 +147,18 @@ def _replay_span(model: Any, cache: list, replay: Any, first: int, piece: list[i
     """Replay the tokens `piece` at positions first.., `replay.span` at a time;
     layers above the policy's replayed depth inherit the token-level score."""
     depth = getattr(cache[0].policy, "layers", 0) or len(cache)
+    fraction = getattr(cache[0].policy, "fraction", 1.0)
     replayed, inheriting = cache[:depth], cache[depth:]
     for start in range(0, len(piece), replay.span):
         span = piece[start:start + replay.span]
         for layer in replayed:
             layer.begin_replay(first + start, first + start + len(span))
         try:
-            ids = mx.array(replay.ids(span, before))[None]
+            ids = replay.ids(span, before, fraction)
             if inheriting:
-                mx.eval(lower_layers(model, ids, replayed))
+                mx.eval(lower_layers(model, mx.array(ids)[None], replayed))
             else:
-                mx.eval(body(model, replay.ids(span, before), cache))  # no vocabulary projection: nothing reads it
+                mx.eval(body(model, ids, cache))  # no vocabulary projection: nothing reads it
         finally:
             for layer in replayed:
                 layer.end_replay()

@@ -31,7 +31,8 @@ def test_replay_ids_follow_kvzip_prompts():
     assert REPLAY.ids([20, 21, 22], None) == [5, 6, 7, 3, 20, 21, 22]
     previous = list(range(40, 52))
     assert REPLAY.ids([20, 21], previous) == [8, 9, *previous[-8:], 3, 20, 21]
-    assert Replay(REPLAY.first, REPLAY.later, REPLAY.suffix, fraction=0.5).ids([1, 2, 3, 4], None)[-2:] == [1, 2]
+    assert REPLAY.ids([1, 2, 3, 4, 5], None, fraction=0.5)[-3:] == [1, 3, 5]
+    assert REPLAY.ids(list(range(8)), None, fraction=0.75)[-6:] == [0, 1, 2, 4, 5, 6]
 
 
 def test_the_budget_holds_after_each_replayed_chunk_and_every_kept_token_was_scored():
@@ -166,6 +167,26 @@ def test_replaying_lower_layers_only_gives_the_higher_ones_token_scores():
     for layer in heap[2:]:
         recon = np.array(layer.slots.recon[:, 4:300])
         assert (recon == lower.max(axis=(0, 1))).all()  # the same token score in every head
+
+
+def test_a_half_replay_feeds_every_other_token_and_leaves_no_trace(monkeypatch):
+    import mlx_kv.generate as generate
+
+    model = build_model("llama")
+    tokens = np.random.default_rng(5).integers(0, 101, size=300).tolist()
+    reference = replayed_logits(model, [KVCache() for _ in model.layers], tokens, None)
+    fed, body = [], generate.body
+    monkeypatch.setattr(generate, "body", lambda m, ids, cache: fed.append(list(ids)) or body(m, ids, cache))
+    heap = make_heap_cache(model, HeapConfig(budget=512, policy="kvzip", policy_args={"fraction": 0.5}))
+    try:
+        got = replayed_logits(model, heap, tokens, REPLAY)
+    finally:
+        uninstall(model)
+    assert np.max(np.abs(got - reference)) <= 1e-4
+    suffix = list(REPLAY.suffix)
+    expected = [list(REPLAY.first) + suffix + tokens[0:64:2]] + [
+        list(REPLAY.later) + tokens[start - 8:start] + suffix + tokens[start:start + 64:2] for start in range(64, 300, 64)]
+    assert [ids for ids in fed if ids in expected] == expected
 
 
 def test_a_session_with_kvzip_keeps_its_budget_and_scores_its_replies_once_the_budget_needs_them(tiny_model_dir):

@@ -20,6 +20,9 @@ and length, where reading the heap costs more the more it keeps.
 the replay's cost) and gives every higher layer, in all its heads, the most
 any replayed layer's head paid each token: a token-level score where the
 full replay has a per-head one.
+
+`fraction` < 1 replays that share of each chunk's tokens, evenly spaced
+(mlx_kv.replay.evenly_spaced): the replay costs that share of a forward pass.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class KVzip(Policy):
     decay: float = 1.0
     layers: int = 0  # replay through this many lowest layers; 0: all of them
     scope: str = "heap"  # what a replaying query reads: the whole heap, or "chunk": the sinks, its chunk, itself
+    fraction: float = 1.0  # share of each chunk's tokens replayed, evenly spaced
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.decay) <= 1.0:
@@ -49,6 +53,8 @@ class KVzip(Policy):
             self.layers = int(self.layers)  # (bench variants read numbers as floats)
         if not isinstance(self.layers, int) or self.layers < 0:
             raise ValueError(f"policy_args.layers: must be a whole number >= 0, got {self.layers}")
+        if not 0.0 < float(self.fraction) <= 1.0:
+            raise ValueError(f"policy_args.fraction: must be in (0, 1], got {self.fraction}")
         if self.scope not in ("heap", "chunk"):
             raise ValueError(f"policy_args.scope: must be 'heap' or 'chunk', got {self.scope!r}")
 
