@@ -48,3 +48,20 @@ def test_heap_setups_read_variants_into_the_config():
     assert caches["heap:h2o+noise0.1@0.5"][0].rank_noise == pytest.approx(0.1)
     with pytest.raises(ValueError, match="unknown variant"):
         heap_setups(model, 1000, ["h2o+q3"], [0.5], [0.0], decode_tokens=10, window=16)
+
+
+def test_configurations_decode_in_turns_so_a_slow_minute_falls_on_all_of_them(monkeypatch):
+    import mlx_kv.bench.speed as speed
+
+    turns = []
+    real = speed.decode_turn
+    monkeypatch.setattr(speed, "decode_turn", lambda model, run, tokens: (turns.append((id(run), tokens)), real(model, run, tokens))[1])
+    model = build_model("llama", hidden_size=128, intermediate_size=256)
+    rows = bench_speed(model, contexts=[200], ratios=[0.5], policies=["h2o"], baselines=["kvcache", "rotating"],
+                       decode_tokens=20, repeats=1, window=16, emit=lambda row: None)
+    assert len(rows) == 3
+    turns = turns[1:]  # (the warm-up's)
+    runs = [run for run, _ in turns[:3]]
+    assert len(set(runs)) == 3
+    assert [run for run, _ in turns] == runs * 3  # A B C A B C A B C
+    assert [tokens for _, tokens in turns] == [8] * 6 + [4] * 3

@@ -1,8 +1,11 @@
 """`mlx-kv bench speed`: decode and prefill speed and memory, heap vs mlx-lm caches.
 
 Every configuration runs on the same model and the same prompt in one
-process; repeats are interleaved (config A, B, C, A, B, C, ...) and the
-median is reported, because this machine's timings drift.
+process, and the timings are interleaved because this machine's speed
+drifts by a third over minutes (a shared CPU): in each repeat every
+configuration prefills in turn, then all of them decode side by side,
+DECODE_BLOCK tokens each in turn, so a slow minute falls on every
+configuration alike; the median of the repeats is reported.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from mlx_kv.hook import heap_hook
 from mlx_kv.replay import Replay
 
 PREFILL_CHUNK = 512
+DECODE_BLOCK = 8  # tokens each configuration decodes before the next one's turn
 # SmolLM2's replay prompts are 8 and 13 tokens, its template's suffix 5.
 STAND_IN_REPLAY = Replay(first=tuple(range(1, 9)), later=tuple(range(1, 14)), suffix=tuple(range(1, 6)))
 
@@ -95,35 +99,73 @@ def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 3) -> float:
     return 2 * n_bytes / best
 
 
-def run_once(model: Any, cache: list, prompt: np.ndarray, decode_tokens: int,
-             replay: Replay | None = None) -> dict[str, float]:
+@dataclass
+class Run:
+    """One configuration's cache through one repeat: its prefill, then its decode turns."""
+
+    cache: list
+    prefill_tps: float
+    peak_mem_mb: float
+    next_token: mx.array
+    decoded: int = 0
+    decode_s: float = 0.0
+
+    @property
+    def result(self) -> dict[str, float]:
+        return {"prefill_tps": self.prefill_tps, "decode_tps": self.decoded / self.decode_s,
+                "kv_bytes": float(total_bytes(self.cache)), "peak_mem_mb": self.peak_mem_mb}
+
+
+def prefill_run(model: Any, make: Callable[[], list], prompt: np.ndarray, decode_tokens: int,
+                replay: Replay | None = None, others: int = 0) -> Run:
     """Prefill through the one loop every cache shares (generate.prefill: the
     same chunks, the vocabulary projection of the last position only, and the
     replay of each chunk for a policy that scores by reconstruction, put off
-    as a session puts it off until the budget binds), then greedy decoding."""
+    as a session puts it off until the budget binds). The peak leaves out
+    `others`, the bytes the other configurations' caches hold meanwhile."""
     mx.synchronize()
     mx.reset_peak_memory()
+    cache = make()
     start = time.perf_counter()
     tokens = prompt.tolist()
     last, _ = prefill(model, cache, tokens, chunk=PREFILL_CHUNK, replay=replay, history=[])
     if replay is not None and wants_replay(cache):
         settle_replays(model, cache, replay, tokens, room=decode_tokens)  # (what decoding would evict)
-    prefill_s = time.perf_counter() - start
     y = mx.argmax(last)
     mx.eval(y)
+    prefill_s = time.perf_counter() - start
+    return Run(cache, len(prompt) / prefill_s, (mx.get_peak_memory() - others) / 2**20, y)
+
+
+def decode_turn(model: Any, run: Run, tokens: int) -> None:
+    """`tokens` greedy decode steps of one configuration, timed."""
+    y = run.next_token
     start = time.perf_counter()
-    for _ in range(decode_tokens):
-        out = model(y.reshape(1, 1), cache=cache)
-        y = mx.argmax(out[0, -1])
+    for _ in range(tokens):
+        y = mx.argmax(model(y.reshape(1, 1), cache=run.cache)[0, -1])
         mx.async_eval(y)
     mx.eval(y)
-    decode_s = time.perf_counter() - start
-    return {
-        "prefill_tps": len(prompt) / prefill_s,
-        "decode_tps": decode_tokens / decode_s,
-        "kv_bytes": float(total_bytes(cache)),
-        "peak_mem_mb": mx.get_peak_memory() / 2**20,
-    }
+    run.decode_s += time.perf_counter() - start
+    run.decoded += tokens
+    run.next_token = y
+
+
+def run_interleaved(model: Any, setups: list[Setup], prompt: np.ndarray, decode_tokens: int,
+                    replay: Replay | None) -> dict[str, dict[str, float]]:
+    """One repeat: every configuration prefills in turn, then they decode
+    DECODE_BLOCK tokens each in turn until each has decoded `decode_tokens`."""
+    resident = mx.get_active_memory()  # the model's
+    runs = {}
+    for setup in setups:
+        others = mx.get_active_memory() - resident
+        runs[setup.name] = prefill_run(model, setup.make, prompt, decode_tokens, replay, others)
+    for done in range(0, decode_tokens, DECODE_BLOCK):
+        for run in runs.values():
+            decode_turn(model, run, min(DECODE_BLOCK, decode_tokens - done))
+    results = {name: run.result for name, run in runs.items()}
+    del runs
+    mx.clear_cache()
+    return results
 
 
 def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policies: list[str],
@@ -147,13 +189,12 @@ def bench_speed(model: Any, *, contexts: list[int], ratios: list[float], policie
         setups += heap_setups(model, context, policies, ratios, list(thresholds), decode_tokens, window, profile)
         runs: dict[str, list[dict]] = {s.name: [] for s in setups}
         with heap_hook(model):
-            run_once(model, setups[0].make(), prompt[: min(len(prompt), 1024)], 8)  # warm-up, not recorded
+            warm = prefill_run(model, setups[0].make, prompt[: min(len(prompt), 1024)], 8)  # not recorded
+            decode_turn(model, warm, 8)
+            del warm
             for _ in range(repeats):
-                for setup in setups:
-                    cache = setup.make()
-                    runs[setup.name].append(run_once(model, cache, prompt, decode_tokens, replay))
-                    del cache
-                    mx.clear_cache()
+                for name, result in run_interleaved(model, setups, prompt, decode_tokens, replay).items():
+                    runs[name].append(result)
         base = {k: statistics.median(r[k] for r in runs["kvcache"]) for k in ("decode_tps", "prefill_tps")} \
             if "kvcache" in runs else None
         for setup in setups:
