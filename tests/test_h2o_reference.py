@@ -63,3 +63,22 @@ def test_h2o_keeps_what_the_brute_force_reference_keeps():
     assert layer.evictions == STEPS - BUDGET
     # the pillars each head was built around survive
     assert {7, 19, 33, 50} <= set(got[0]) and {11, 12, 40, 61} <= set(got[1])
+
+
+def test_decode_steps_schedule_their_attention_sums_once_in_sixteen_and_keep_what_eager_sums_keep(monkeypatch):
+    import mlx_kv.heap.slots as slots
+    from mlx_kv.heap.layer import SETTLE_FOLDS_EVERY
+
+    scheduled = []
+    monkeypatch.setattr(slots.mx, "async_eval", lambda arrays: (scheduled.append(1), mx.eval(arrays))[1])
+    queries, keys, values = crafted_stream(seed=1)
+    scale = D ** -0.5
+    layer = HeapKVCache(BUDGET, sinks=SINKS, window=WINDOW, tenured=0, collect_batch=1, policy=H2O())
+    for t in range(STEPS):
+        k = mx.array(keys[t][None, :, None, :].astype(np.float32))
+        v = mx.array(values[t][None, :, None, :].astype(np.float32))
+        q = mx.array(queries[t].reshape(1, H * G, 1, D).astype(np.float32))
+        kk, vv = layer.update_and_fetch(k, v)
+        mx.eval(layer.attend(q, kk, vv, scale=scale))
+    assert len(scheduled) == STEPS // SETTLE_FOLDS_EVERY
+    assert [list(map(int, row)) for row in layer.kept_positions()] == brute_force_h2o(queries, keys, scale)

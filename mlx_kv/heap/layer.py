@@ -44,6 +44,7 @@ from mlx_kv.policies.base import mean_attention
 from mlx_kv.positions import CacheShifts, check_rope, key_shifts, shift_keys
 
 _STEP = 256
+SETTLE_FOLDS_EVERY = 16  # decode steps whose attention sums may wait for one scheduled evaluation
 COUNTERS = ("evictions", "promotions", "demotions", "compactions", "collections", "ranked", "recalls")  # saved
 
 
@@ -218,7 +219,10 @@ class HeapKVCache(_BaseCache):
             self.slots.fold(self.end, partial(Policy.accumulate, policy), last_row.sum(axis=1),
                             mx.full(last_row[:, 0].shape, group))
         elif scored and weights is not None:
-            self.slots.fold(self.end, policy.accumulate, weights, count)
+            # a decode step's weights were computed for its output: its sums
+            # may wait, a few steps at most (each step's wait holds a row)
+            settle = n_new > 1 or self.calls % SETTLE_FOLDS_EVERY == 0
+            self.slots.fold(self.end, policy.accumulate, weights, count, settle)
         if self.store is not None and 1 < n_new <= self.recovery["recall_max_chunk"] and self.store.page_count:
             self._recall(queries, n_new)
         if self.live > self.budget:
