@@ -5,7 +5,9 @@ process, and the timings are interleaved because this machine's speed
 drifts by a third over minutes (a shared CPU): in each repeat every
 configuration prefills in turn, then all of them decode side by side,
 DECODE_BLOCK tokens each in turn, so a slow minute falls on every
-configuration alike; the median of the repeats is reported.
+configuration alike; the median of the repeats is reported. Every
+configuration's cache is held until the repeat ends, so the run needs
+their sum in memory.
 """
 
 from __future__ import annotations
