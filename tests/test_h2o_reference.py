@@ -46,17 +46,22 @@ def brute_force_h2o(queries, keys, scale):
     return [sorted(k) for k in kept]
 
 
-def test_h2o_keeps_what_the_brute_force_reference_keeps():
-    queries, keys, values = crafted_stream()
-    scale = D ** -0.5
-    layer = HeapKVCache(BUDGET, sinks=SINKS, window=WINDOW, tenured=0, collect_batch=1,
-                        policy=H2O(), compact_threshold=0.5)
+def decode(layer, queries, keys, values, scale):
+    """The stream fed to the layer one token at a time, as decoding feeds it."""
     for t in range(STEPS):
         k = mx.array(keys[t][None, :, None, :].astype(np.float32))
         v = mx.array(values[t][None, :, None, :].astype(np.float32))
         q = mx.array(queries[t].reshape(1, H * G, 1, D).astype(np.float32))
         kk, vv = layer.update_and_fetch(k, v)
         mx.eval(layer.attend(q, kk, vv, scale=scale))
+
+
+def test_h2o_keeps_what_the_brute_force_reference_keeps():
+    queries, keys, values = crafted_stream()
+    scale = D ** -0.5
+    layer = HeapKVCache(BUDGET, sinks=SINKS, window=WINDOW, tenured=0, collect_batch=1,
+                        policy=H2O(), compact_threshold=0.5)
+    decode(layer, queries, keys, values, scale)
     expected = brute_force_h2o(queries, keys, scale)
     got = [list(map(int, row)) for row in layer.kept_positions()]
     assert got == expected
@@ -74,11 +79,6 @@ def test_decode_steps_schedule_their_attention_sums_once_in_sixteen_and_keep_wha
     queries, keys, values = crafted_stream(seed=1)
     scale = D ** -0.5
     layer = HeapKVCache(BUDGET, sinks=SINKS, window=WINDOW, tenured=0, collect_batch=1, policy=H2O())
-    for t in range(STEPS):
-        k = mx.array(keys[t][None, :, None, :].astype(np.float32))
-        v = mx.array(values[t][None, :, None, :].astype(np.float32))
-        q = mx.array(queries[t].reshape(1, H * G, 1, D).astype(np.float32))
-        kk, vv = layer.update_and_fetch(k, v)
-        mx.eval(layer.attend(q, kk, vv, scale=scale))
+    decode(layer, queries, keys, values, scale)
     assert len(scheduled) == STEPS // SETTLE_FOLDS_EVERY
     assert [list(map(int, row)) for row in layer.kept_positions()] == brute_force_h2o(queries, keys, scale)
