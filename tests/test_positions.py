@@ -11,6 +11,7 @@ from mlx_kv import HeapConfig, make_heap_cache, uninstall
 from mlx_kv.heap.headwise import HeadwiseKVCache
 from mlx_kv.heap.layer import HeapKVCache
 from mlx_kv.policies import H2O
+from mlx_kv.positions import shift_keys
 
 H, G, D = 2, 2, 16
 
@@ -127,3 +128,19 @@ def test_cache_positions_equal_absolute_when_nothing_is_evicted():
         outs.append(np.array(model(tokens, cache=cache)))
         uninstall(model)
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", [nn.RoPE(D, base=10000.0), nn.RoPE(D, traditional=True, base=10000.0),
+                                  nn.RoPE(D // 2, base=10000.0, scale=0.5),
+                                  initialize_rope(D, 500000.0, False,
+                                                  {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                                   "original_max_position_embeddings": 64, "rope_type": "llama3"}, 4096)],
+                         ids=["plain", "traditional", "partial-scaled", "llama3"])
+def test_keys_turned_through_the_rotation_table_equal_the_ropes_own_rotation(rope):
+    rng = np.random.default_rng(1)
+    keys = mx.array(rng.normal(size=(1, H, 50, D)).astype(np.float32))
+    for lo, hi in ((-40, 5), (-3000, -2900), (700, 900)):  # the last two lie outside the table built for the first
+        shifts = mx.array(rng.integers(lo, hi + 1, size=(H, 50)).astype(np.int32))
+        looked_up = shift_keys(rope, keys, shifts, (lo, hi))
+        computed = shift_keys(rope, keys, shifts)
+        np.testing.assert_allclose(np.array(looked_up), np.array(computed), atol=1e-5)
