@@ -8,10 +8,11 @@ evictions are rotated by the difference, llama.cpp-style. The shift is
 always applied to the key as it was first stored, never to an already
 shifted copy, so rounding does not accumulate. The shifted keys are
 computed in `attend` and kept until the shifts change (the next
-collection): rotating every kept key costs a cosine and a sine per
-channel pair, ~8 ms per layer at 2k keys on this CPU, far more than the
-decode step's attention, so recomputing them per token made a 30-layer
-model decode at half KVCache's speed at 8k. The copy spans the slots up
+collection): rotating every kept key through the rope kernel cost a
+cosine and a sine per channel pair, ~8 ms per layer at 2k keys on this
+CPU, far more than the decode step's attention, so recomputing them per
+token made a 30-layer model decode at half KVCache's speed at 8k (the
+cosines and sines are now looked up, `shift_keys`). The copy spans the slots up
 to the capacity, and the tokens appended between collections are written
 into it in place (concatenating them cost ~0.3 ms per layer per token at
 2k keys). It costs the keys' bytes again, and is counted in `nbytes` and
