@@ -87,8 +87,10 @@ class _RotationTable:
     rotates), so a rotation looked up here equals the rope's. One table per
     rope setting, shared by every heap of a model; under positions="cache"
     shifts stay within about twice a heap's capacity (every key is rotated
-    at a rank, never at an absolute position), so the table stays that
-    size: ~1% of the bytes of the keys it rotates."""
+    at a rank, never at an absolute position), so the table stays a few
+    times that many rows whatever the stream's length: 7,546 rows, 1.9 MB,
+    for SmolLM2 at a 512-token budget, against 12 MB of kept keys in its 30
+    layers. Being shared, it is not counted in any heap's `nbytes`."""
 
     _tables: dict[tuple, "_RotationTable"] = {}
 
