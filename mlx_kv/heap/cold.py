@@ -71,13 +71,13 @@ class ColdTier:
         return mx.dequantize(w, scales, biases, group_size=group, bits=self.bits).astype(self.dtype)
 
     def rebuild(self, slots: np.ndarray, hot0: int, hot: dict[str, mx.array], key_shift: np.ndarray | None = None,
-                rotate: Callable[[mx.array, mx.array], mx.array] | None = None) -> None:
+                rotate: Callable[[mx.array, np.ndarray], mx.array] | None = None) -> None:
         """Make the tier hold, in order, the tokens at `slots` (H, n) of the old
         slot space, where slots below `hot0` were this tier's and slot s >= hot0
         is row s - hot0 of each field's hot rows in `hot`. Rows already cold are
         gathered as they are; only the others are quantized (a rectangle of
         the most any head needs, padded with row 0). `key_shift` (H, n): the
-        RoPE shift each key row is owed, applied with `rotate(rows, shifts)`:
+        RoPE shift each key row is owed, applied with `rotate(rows, shifts)` (host shifts):
         before quantizing a new row; a row already cold owed one is re-stamped."""
         self.dtype = next(iter(hot.values())).dtype
         H, n = slots.shape
@@ -105,11 +105,11 @@ class ColdTier:
             if m:
                 new = mx.take_along_axis(hot_rows, fresh_idx, axis=2)
                 if shifted and name == "keys":
-                    new = rotate(new.astype(mx.float32), mx.array(fresh_shift)).astype(new.dtype)
+                    new = rotate(new.astype(mx.float32), fresh_shift).astype(new.dtype)
                 parts.append(self.quantize(new))
             rows[name] = _gather_rows(parts, idx)
         if shifted and (key_shift[~fresh] != 0).any():
-            old_shift = mx.array(np.where(fresh, 0, key_shift).astype(np.int32))
+            old_shift = np.where(fresh, 0, key_shift).astype(np.int32)
             rows["keys"] = self.quantize(rotate(self._dequantize(rows["keys"]).astype(mx.float32), old_shift).astype(self.dtype))
         self.rows = rows
 

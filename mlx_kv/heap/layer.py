@@ -742,6 +742,10 @@ class HeapKVCache(_BaseCache):
         self.recalls += n
         self.shifts.refresh(self.slots, self.end)
 
+    def _rotate_keys(self, keys: mx.array, shifts: np.ndarray) -> mx.array:
+        """Keys turned by host-side shifts (the cold tier's stamps): their span is known, so looked up."""
+        return shift_keys(self.rope, keys, mx.array(shifts), (int(shifts.min()), int(shifts.max())))
+
     def _compact(self, extra: int = 0) -> None:
         """Reallocate the live slots contiguously, in position order, per head
         (with a cold tier: its tokens first, then the rest)."""
@@ -750,7 +754,7 @@ class HeapKVCache(_BaseCache):
             self.slots.positions[:, :end], self.slots.tenured[:, :end], live=live, cold=self.slots.cold is not None,
             offset=self.tokens_seen, sinks=self.sinks, window=self.window)
         stamp = self.shifts.cold_stamp(self.slots, order, n_cold)
-        self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end, stamp, partial(shift_keys, self.rope))
+        self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end, stamp, self._rotate_keys)
         self._free = []
         self.shifts.stamped(self.slots, stamp)
         self.shifts.invalidate()

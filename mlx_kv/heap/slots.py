@@ -234,7 +234,7 @@ class SlotTable:
 
     # ------------------------------------------------------------ compaction
     def take(self, order: np.ndarray, n_cold: int, capacity: int, end: int, key_shift: np.ndarray | None = None,
-             rotate: Callable[[mx.array, mx.array], mx.array] | None = None) -> None:
+             rotate: Callable[[mx.array, np.ndarray], mx.array] | None = None) -> None:
         """Keep the slots `order` (H, n) of [0, end), in that order per head,
         the first n_cold of each head in the cold tier (its keys rotated by
         `key_shift`, see ColdTier.rebuild); room for `capacity`."""
