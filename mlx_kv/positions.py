@@ -81,6 +81,12 @@ def shift_keys(rope: Any, keys: mx.array, shifts: mx.array, span: tuple[int, int
     return table.rotate(keys, shifts)
 
 
+def shift_keys_host(rope: Any, keys: mx.array, shifts: np.ndarray) -> mx.array:
+    """`shift_keys` with shifts held on the host: their span is read off them, so the rotation is looked up."""
+    span = (int(shifts.min()), int(shifts.max())) if shifts.size else None
+    return shift_keys(rope, keys, mx.array(shifts), span)
+
+
 class _RotationTable:
     """A rope's cosine and sine for each channel pair at every shift of a
     range, as the rope itself computes them (read off a probe vector it

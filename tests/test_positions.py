@@ -14,6 +14,8 @@ from mlx_kv.policies import H2O
 from mlx_kv.positions import shift_keys
 
 H, G, D = 2, 2, 16
+LLAMA3 = initialize_rope(D, 500000.0, False, {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                              "original_max_position_embeddings": 64, "rope_type": "llama3"}, 4096)
 
 
 def reference(rope, q_raw, k_raw, v, kept, q_ranks, scale):
@@ -38,9 +40,7 @@ def reference_head(rope, q_raw, k_raw, v, kept, q_ranks, scale):
 
 
 @pytest.mark.parametrize("rope", [nn.RoPE(D, base=10000.0),
-                                  initialize_rope(D, 500000.0, False,
-                                                  {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                                   "original_max_position_embeddings": 64, "rope_type": "llama3"}, 4096)],
+                                  LLAMA3],
                          ids=["plain", "llama3"])
 @pytest.mark.parametrize("settings", [{}, {"collect_batch": 4, "compact_threshold": 0.9}],
                          ids=["compacting", "reusing-dead-slots"])
@@ -132,9 +132,7 @@ def test_cache_positions_equal_absolute_when_nothing_is_evicted():
 
 @pytest.mark.parametrize("rope", [nn.RoPE(D, base=10000.0), nn.RoPE(D, traditional=True, base=10000.0),
                                   nn.RoPE(D // 2, base=10000.0, scale=0.5),
-                                  initialize_rope(D, 500000.0, False,
-                                                  {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                                   "original_max_position_embeddings": 64, "rope_type": "llama3"}, 4096)],
+                                  LLAMA3],
                          ids=["plain", "traditional", "partial-scaled", "llama3"])
 def test_keys_turned_through_the_rotation_table_equal_the_ropes_own_rotation(rope):
     rng = np.random.default_rng(1)

@@ -41,7 +41,7 @@ from mlx_kv.heap.recovery import RecoveryStore, lost_note
 from mlx_kv.heap.slots import SlotTable, slot_bytes
 from mlx_kv.policies import POLICIES, Policy, SlotView
 from mlx_kv.policies.base import mean_attention
-from mlx_kv.positions import CacheShifts, check_rope, key_shifts, shift_keys
+from mlx_kv.positions import CacheShifts, check_rope, key_shifts, shift_keys_host
 
 _STEP = 256
 SETTLE_FOLDS_EVERY = 16  # decode steps whose attention sums may wait for one scheduled evaluation
@@ -742,10 +742,6 @@ class HeapKVCache(_BaseCache):
         self.recalls += n
         self.shifts.refresh(self.slots, self.end)
 
-    def _rotate_keys(self, keys: mx.array, shifts: np.ndarray) -> mx.array:
-        """Keys turned by host-side shifts (the cold tier's stamps): their span is known, so looked up."""
-        return shift_keys(self.rope, keys, mx.array(shifts), (int(shifts.min()), int(shifts.max())))
-
     def _compact(self, extra: int = 0) -> None:
         """Reallocate the live slots contiguously, in position order, per head
         (with a cold tier: its tokens first, then the rest)."""
@@ -754,7 +750,7 @@ class HeapKVCache(_BaseCache):
             self.slots.positions[:, :end], self.slots.tenured[:, :end], live=live, cold=self.slots.cold is not None,
             offset=self.tokens_seen, sinks=self.sinks, window=self.window)
         stamp = self.shifts.cold_stamp(self.slots, order, n_cold)
-        self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end, stamp, self._rotate_keys)
+        self.slots.take(order, n_cold, self._capacity_for(max(live + extra, 1)), end, stamp, partial(shift_keys_host, self.rope))
         self._free = []
         self.shifts.stamped(self.slots, stamp)
         self.shifts.invalidate()

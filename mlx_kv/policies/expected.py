@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_kv.policies.base import Policy, SlotView
-from mlx_kv.positions import shift_keys
+from mlx_kv.positions import shift_keys, shift_keys_host
 
 
 @dataclass
@@ -102,8 +102,7 @@ class ExpectedAttention(Policy):
             return norms if self.vnorm else np.zeros(alive.shape)
         if self._stats["positions"] == "cache" and self._stats["rope"] is not None:
             shift = np.where(alive, view.rank - view.rot, 0).astype(np.int32)  # where attention rotates each key
-            keys = np.array(shift_keys(self._stats["rope"], mx.array(keys)[None], mx.array(shift),
-                                       (int(shift.min()), int(shift.max())) if shift.size else None)[0])
+            keys = np.array(shift_keys_host(self._stats["rope"], mx.array(keys)[None], shift)[0])
         mean, cov = self._future_gaussian(dim)
         group = mean.shape[0] // n_heads
         k = np.repeat(keys, group, axis=0)  # (Hq, L, D)
